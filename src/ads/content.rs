@@ -1,0 +1,248 @@
+//! Streamed, content-addressed ingest of component uploads.
+//!
+//! The body goes to a temp file under `DIR/tmp/` while BLAKE3 and SHA-256 are computed over
+//! the same buffers; only a complete body of the declared length is fsynced and renamed into
+//! place. Anything else (client gone mid-way, over the size limit, wrong `Content-Length`, disk
+//! full) removes the temp file, so nothing partial is ever published. Memory per upload is one
+//! write buffer, whatever the component size.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use sha2::Digest;
+
+use super::store::{ComponentMeta, Store, StoreError};
+
+/// Writes to disk in blocks of this size (hashing happens on the same blocks, off the runtime).
+const WRITE_BLOCK: usize = 1 << 20;
+
+/// Why an upload was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the component is larger than the {limit}-byte upload limit")]
+    TooLarge { limit: u64 },
+    #[error("Content-Length said {declared} bytes but the body had {received}")]
+    LengthMismatch { declared: u64, received: u64 },
+    #[error("the upload was cut off after {received} bytes: {reason}")]
+    Incomplete { received: u64, reason: String },
+    #[error("query parameter `{0}` is required and must be 1-200 printable characters")]
+    BadParameter(&'static str),
+    #[error("the disk is full; nothing was published")]
+    DiskFull,
+    #[error("writing the upload failed: {0}")]
+    Io(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the uploader says about the component.
+#[derive(Clone, Debug)]
+pub struct UploadInfo {
+    pub name: String,
+    pub version: String,
+    pub filename: Option<String>,
+    pub declared_len: Option<u64>,
+}
+
+/// Removes the temp file unless the upload was published (on error, or if the request future
+/// is dropped because the client went away).
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Checks a name or version: non-empty, at most 200 characters, no control characters.
+fn valid_label(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= 200 && !s.chars().any(char::is_control)
+}
+
+/// Makes a safe file name for `Content-Disposition`: ASCII letters, digits and `._-+` only,
+/// never starting with a dot, at most 100 characters.
+pub fn sanitize_filename(raw: &str) -> String {
+    let mut out: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    while out.starts_with('.') {
+        out.replace_range(..1, "_");
+    }
+    if out.is_empty() {
+        out.push_str("component.bin");
+    }
+    out
+}
+
+fn io_to_ingest(e: std::io::Error) -> IngestError {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        IngestError::DiskFull
+    } else {
+        IngestError::Io(e)
+    }
+}
+
+struct Writer {
+    file: std::fs::File,
+    blake3: blake3::Hasher,
+    sha256: sha2::Sha256,
+}
+
+impl Writer {
+    fn write_block(&mut self, block: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(block)?;
+        self.blake3.update(block);
+        self.sha256.update(block);
+        Ok(())
+    }
+}
+
+/// Streams `body` into the store and publishes it. Returns the metadata and whether the
+/// component is new (false: the same bytes were already published; no second copy is kept).
+pub async fn ingest<S, E>(
+    store: &Store,
+    info: UploadInfo,
+    max_bytes: u64,
+    now_unix: u64,
+    body: S,
+) -> Result<(ComponentMeta, bool), IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    if !valid_label(&info.name) {
+        return Err(IngestError::BadParameter("name"));
+    }
+    if !valid_label(&info.version) {
+        return Err(IngestError::BadParameter("version"));
+    }
+    if let Some(declared) = info.declared_len {
+        if declared > max_bytes {
+            return Err(IngestError::TooLarge { limit: max_bytes });
+        }
+    }
+    let temp_path = store
+        .tmp_dir()
+        .join(format!("upload-{:032x}", rand::random::<u128>()));
+    let mut guard = TempFile(Some(temp_path.clone()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp_path)
+        .map_err(io_to_ingest)?;
+    let mut writer = Some(Writer {
+        file,
+        blake3: blake3::Hasher::new(),
+        sha256: sha2::Sha256::new(),
+    });
+    let mut buf = BytesMut::with_capacity(WRITE_BLOCK);
+    let mut received: u64 = 0;
+    let mut body = body;
+
+    loop {
+        let next = body.next().await;
+        let done = match next {
+            Some(Ok(chunk)) => {
+                received += chunk.len() as u64;
+                if received > max_bytes {
+                    return Err(IngestError::TooLarge { limit: max_bytes });
+                }
+                if let Some(declared) = info.declared_len {
+                    if received > declared {
+                        return Err(IngestError::LengthMismatch { declared, received });
+                    }
+                }
+                buf.extend_from_slice(&chunk);
+                false
+            }
+            Some(Err(e)) => {
+                return Err(IngestError::Incomplete {
+                    received,
+                    reason: e.to_string(),
+                })
+            }
+            None => true,
+        };
+        if buf.len() >= WRITE_BLOCK || (done && !buf.is_empty()) {
+            let block = buf.split().freeze();
+            let mut w = writer
+                .take()
+                .ok_or(IngestError::Store(StoreError::WorkerGone))?;
+            let (w, res) = tokio::task::spawn_blocking(move || {
+                let r = w.write_block(&block);
+                (w, r)
+            })
+            .await
+            .map_err(|_| IngestError::Store(StoreError::WorkerGone))?;
+            res.map_err(io_to_ingest)?;
+            writer = Some(w);
+            buf.reserve(WRITE_BLOCK);
+        }
+        if done {
+            break;
+        }
+    }
+    if let Some(declared) = info.declared_len {
+        if received != declared {
+            return Err(IngestError::LengthMismatch { declared, received });
+        }
+    }
+    let w = writer
+        .take()
+        .ok_or(IngestError::Store(StoreError::WorkerGone))?;
+    let (file, blake3, sha256) = (w.file, w.blake3.finalize(), w.sha256.finalize());
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(|_| IngestError::Store(StoreError::WorkerGone))?
+        .map_err(io_to_ingest)?;
+
+    let id = blake3.to_hex().to_string();
+    let filename = sanitize_filename(
+        info.filename
+            .as_deref()
+            .unwrap_or(&format!("{}-{}.bin", info.name, info.version)),
+    );
+    let meta = ComponentMeta {
+        blake3: id.clone(),
+        id,
+        name: info.name,
+        version: info.version,
+        filename,
+        size: received,
+        sha256: sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        created_at: now_unix,
+    };
+    let temp_for_publish = temp_path.clone();
+    let result = store
+        .run(move |s| s.publish(&temp_for_publish, meta))
+        .await?;
+    // Published (renamed away) or discarded as a duplicate: nothing left to clean up.
+    guard.0 = None;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_are_sanitized() {
+        assert_eq!(sanitize_filename("../../etc/passwd"), "_._.._etc_passwd");
+        assert_eq!(sanitize_filename("fw \"v1\".bin"), "fw__v1_.bin");
+        assert_eq!(sanitize_filename(""), "component.bin");
+        assert_eq!(sanitize_filename(".hidden"), "_hidden");
+        assert_eq!(sanitize_filename("a\r\nb"), "a__b");
+    }
+}

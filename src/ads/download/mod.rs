@@ -1,0 +1,297 @@
+//! The download plane: `GET|HEAD /d/{token}[/{filename}]`.
+//!
+//! One short handler composing pure stages in order: method → token (no storage) → ticket
+//! (cache, then SQLite) → `If-None-Match` → `If-Range` + `Range` → response with a streamed
+//! [`DownloadBody`]. Each stage's refusal maps to one status here and nowhere else.
+
+pub mod body;
+pub mod conditional;
+pub mod range;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use self::body::{DownloadBody, Segment};
+use self::range::{ByteRange, RangeDecision};
+use super::cache::ChunkCache;
+use super::metrics::Metrics;
+use super::object::ServedObject;
+use super::tickets::Tickets;
+use super::token::{Keyring, TokenError};
+
+/// Header carrying the whole object's BLAKE3 (hex), beside `Repr-Digest`'s SHA-256.
+pub const BLAKE3_HEADER: HeaderName = HeaderName::from_static("x-blake3");
+const REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
+static OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
+static BYTES: HeaderValue = HeaderValue::from_static("bytes");
+// Signed per-device URLs must not land in shared caches, and proxies must not re-encode the
+// bytes the hashes describe.
+static CACHE_CONTROL: HeaderValue = HeaderValue::from_static("private, no-transform");
+
+/// Shared state of the download plane.
+pub struct DownloadPlane {
+    pub keyring: Keyring,
+    pub tickets: Tickets,
+    pub cache: ChunkCache,
+    pub metrics: Arc<Metrics>,
+    pub max_ranges: usize,
+    pub access_log: bool,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Extracts the token from `/d/{token}` or `/d/{token}/{anything}`.
+fn token_from_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/d/")?;
+    let token = rest.split('/').next().unwrap_or("");
+    (!token.is_empty()).then_some(token)
+}
+
+fn plain(status: StatusCode, message: &'static str) -> Response<DownloadBody> {
+    let mut resp = Response::new(DownloadBody::text(Bytes::from_static(message.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+impl DownloadPlane {
+    /// hyper entry point.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<DownloadBody>, Infallible> {
+        let resp = self.respond(&req).await;
+        self.metrics.count_status(resp.status().as_u16());
+        if self.access_log {
+            tracing::info!(
+                target: "access",
+                method = %req.method(),
+                // Only the path prefix: the token is a bearer credential and stays out of logs.
+                path = "/d/…",
+                range = ?req.headers().get(header::RANGE),
+                status = resp.status().as_u16(),
+                "download"
+            );
+        }
+        Ok(resp)
+    }
+
+    async fn respond<B>(&self, req: &Request<B>) -> Response<DownloadBody> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let mut r = plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "only GET and HEAD are allowed on download URLs\n",
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return r;
+            }
+        };
+        let Some(token) = token_from_path(req.uri().path()) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "not a download URL; expected /d/{token}\n",
+            );
+        };
+        let claims = match self.keyring.verify(token, now_unix()) {
+            Ok(c) => c,
+            Err(TokenError::Expired(_)) => {
+                return plain(StatusCode::GONE, "this download URL has expired\n")
+            }
+            Err(_) => return plain(StatusCode::FORBIDDEN, "invalid download URL\n"),
+        };
+        let ticket = match self.tickets.lookup(claims.ticket).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return plain(StatusCode::GONE, "this download is no longer available\n"),
+            Err(e) => {
+                tracing::error!(error = %e, "ticket lookup failed");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily unable to serve this download; retry later\n",
+                );
+            }
+        };
+        let obj = &ticket.object;
+        let headers = req.headers();
+        if conditional::none_match_hits(
+            headers
+                .get(header::IF_NONE_MATCH)
+                .map(HeaderValue::as_bytes),
+            obj.etag.as_bytes(),
+        ) {
+            let mut r = Response::new(DownloadBody::empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r.headers_mut().insert(header::ETAG, obj.etag.clone());
+            return r;
+        }
+        let decision = match headers.get(header::RANGE) {
+            Some(range)
+                if conditional::if_range_allows(
+                    headers.get(header::IF_RANGE).map(HeaderValue::as_bytes),
+                    obj.etag.as_bytes(),
+                    obj.last_modified,
+                ) =>
+            {
+                match range.to_str() {
+                    Ok(text) => range::decide(text, obj.size, self.max_ranges),
+                    Err(_) => RangeDecision::Full,
+                }
+            }
+            _ => RangeDecision::Full,
+        };
+        self.build(obj, decision, head)
+    }
+
+    fn build(
+        &self,
+        obj: &Arc<ServedObject>,
+        decision: RangeDecision,
+        head: bool,
+    ) -> Response<DownloadBody> {
+        let (status, body, length, content_type, content_range) = match decision {
+            RangeDecision::Full => (
+                StatusCode::OK,
+                self.span(obj, 0, obj.size, head),
+                obj.content_length.clone(),
+                OCTET_STREAM.clone(),
+                None,
+            ),
+            RangeDecision::Single(r) => (
+                StatusCode::PARTIAL_CONTENT,
+                self.span(obj, r.start, r.end + 1, head),
+                HeaderValue::from(r.len()),
+                OCTET_STREAM.clone(),
+                Some(content_range(r, obj.size)),
+            ),
+            RangeDecision::Multi(ranges) => {
+                let (body, length, content_type) = self.multipart(obj, &ranges, head);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    body,
+                    HeaderValue::from(length),
+                    content_type,
+                    None,
+                )
+            }
+            RangeDecision::Unsatisfiable => {
+                let mut r = plain(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "none of the requested ranges overlap the object\n",
+                );
+                let value = format!("bytes */{}", obj.size);
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                r.headers_mut().insert(header::ACCEPT_RANGES, BYTES.clone());
+                return r;
+            }
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.reserve(12);
+        h.insert(header::CONTENT_TYPE, content_type);
+        h.insert(header::CONTENT_LENGTH, length);
+        if let Some(cr) = content_range {
+            h.insert(header::CONTENT_RANGE, cr);
+        }
+        h.insert(header::ACCEPT_RANGES, BYTES.clone());
+        h.insert(header::ETAG, obj.etag.clone());
+        h.insert(header::LAST_MODIFIED, obj.last_modified_header.clone());
+        h.insert(REPR_DIGEST, obj.repr_digest.clone());
+        h.insert(BLAKE3_HEADER, obj.blake3_header.clone());
+        h.insert(header::CONTENT_DISPOSITION, obj.content_disposition.clone());
+        h.insert(header::CACHE_CONTROL, CACHE_CONTROL.clone());
+        resp
+    }
+
+    fn span(&self, obj: &Arc<ServedObject>, start: u64, end: u64, head: bool) -> DownloadBody {
+        if head || start >= end {
+            return DownloadBody::empty();
+        }
+        DownloadBody::span(
+            obj.clone(),
+            self.cache.clone(),
+            self.metrics.clone(),
+            start,
+            end,
+        )
+    }
+
+    /// Builds a `multipart/byteranges` body (RFC 9110 §14.6) and its exact length.
+    fn multipart(
+        &self,
+        obj: &Arc<ServedObject>,
+        ranges: &[ByteRange],
+        head: bool,
+    ) -> (DownloadBody, u64, HeaderValue) {
+        let boundary = format!("{:024x}", rand::random::<u128>() >> 32);
+        let mut segments = Vec::with_capacity(ranges.len() * 2 + 1);
+        let mut length = 0u64;
+        for r in ranges {
+            let mut part = BytesMut::with_capacity(128);
+            part.put_slice(b"\r\n--");
+            part.put_slice(boundary.as_bytes());
+            part.put_slice(b"\r\nContent-Type: application/octet-stream\r\nContent-Range: ");
+            part.put_slice(format!("bytes {}-{}/{}", r.start, r.end, obj.size).as_bytes());
+            part.put_slice(b"\r\n\r\n");
+            length += part.len() as u64 + r.len();
+            segments.push(Segment::Literal(part.freeze()));
+            segments.push(Segment::Span {
+                pos: r.start,
+                end: r.end + 1,
+            });
+        }
+        let closing = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        length += closing.len() as u64;
+        segments.push(Segment::Literal(closing));
+        let content_type =
+            HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+                .unwrap_or_else(|_| OCTET_STREAM.clone());
+        let body = if head {
+            DownloadBody::empty()
+        } else {
+            DownloadBody::segments(
+                obj.clone(),
+                self.cache.clone(),
+                self.metrics.clone(),
+                segments,
+            )
+        };
+        (body, length, content_type)
+    }
+}
+
+fn content_range(r: ByteRange, size: u64) -> HeaderValue {
+    let value = format!("bytes {}-{}/{}", r.start, r.end, size);
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("bytes */0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_from_path;
+
+    #[test]
+    fn token_paths() {
+        assert_eq!(token_from_path("/d/abc"), Some("abc"));
+        assert_eq!(token_from_path("/d/abc/fw.bin"), Some("abc"));
+        assert_eq!(token_from_path("/d/"), None);
+        assert_eq!(token_from_path("/x/abc"), None);
+    }
+}

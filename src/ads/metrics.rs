@@ -1,0 +1,99 @@
+//! Prometheus counters for the ADS, as plain atomics rendered by hand: a handful of counters
+//! does not justify a metrics framework on the hot path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::ads::cache::CacheStats;
+use crate::net::listener::ConnectionGauge;
+
+/// Statuses counted individually on the download plane; anything else lands in "other".
+const STATUSES: [u16; 12] = [200, 206, 304, 400, 403, 404, 405, 410, 416, 429, 500, 503];
+
+/// The ADS's counters.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; STATUSES.len() + 1],
+    pub bytes_sent: AtomicU64,
+    pub tickets_minted: AtomicU64,
+    pub components_published: AtomicU64,
+    pub download_connections: Arc<ConnectionGauge>,
+    pub admin_connections: Arc<ConnectionGauge>,
+}
+
+impl Metrics {
+    /// Counts one download-plane response.
+    pub fn count_status(&self, status: u16) {
+        let slot = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, cache: &CacheStats) -> String {
+        let mut out = String::with_capacity(2048);
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.push_str("# HELP scomo_ads_requests_total Download-plane responses by status.\n");
+        out.push_str("# TYPE scomo_ads_requests_total counter\n");
+        for (i, status) in STATUSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "scomo_ads_requests_total{{status=\"{status}\"}} {}",
+                r(&self.requests[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "scomo_ads_requests_total{{status=\"other\"}} {}",
+            r(&self.requests[STATUSES.len()])
+        );
+        let counters = [
+            (
+                "scomo_ads_bytes_sent_total",
+                "Object bytes handed to connections.",
+                r(&self.bytes_sent),
+            ),
+            (
+                "scomo_ads_tickets_minted_total",
+                "Tickets minted.",
+                r(&self.tickets_minted),
+            ),
+            (
+                "scomo_ads_components_published_total",
+                "New components published.",
+                r(&self.components_published),
+            ),
+            (
+                "scomo_ads_cache_hits_total",
+                "Chunk cache hits.",
+                r(&cache.hits),
+            ),
+            (
+                "scomo_ads_cache_misses_total",
+                "Chunk cache misses.",
+                r(&cache.misses),
+            ),
+            (
+                "scomo_ads_connections_accepted_total",
+                "Download connections accepted.",
+                r(&self.download_connections.accepted),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP scomo_ads_open_connections Open connections by listener.\n# TYPE scomo_ads_open_connections gauge\nscomo_ads_open_connections{{listener=\"download\"}} {}\nscomo_ads_open_connections{{listener=\"admin\"}} {}",
+            r(&self.download_connections.open),
+            r(&self.admin_connections.open)
+        );
+        out
+    }
+}

@@ -1,0 +1,291 @@
+//! The ADS's durable state: component metadata and ticket rows in SQLite, component bytes as
+//! content-addressed files beside it (`objects/<2 hex>/<64 hex>`).
+//!
+//! Every method here blocks; async callers go through [`Store::run`], which moves the work to
+//! the blocking pool. The download path only reaches SQLite on a ticket-cache miss.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::token::TicketId;
+
+/// Storage failures, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("file system error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("component {0} is still needed by {1} live ticket(s); revoke them or wait for expiry")]
+    InUse(String, u64),
+    #[error("the storage worker stopped unexpectedly")]
+    WorkerGone,
+}
+
+/// A published component's metadata, as the admin API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComponentMeta {
+    /// BLAKE3 of the bytes, lower-case hex: the component id.
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    /// File name offered in `Content-Disposition`, already sanitized.
+    pub filename: String,
+    pub size: u64,
+    pub blake3: String,
+    pub sha256: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A ticket row.
+#[derive(Clone, Debug)]
+pub struct TicketRow {
+    pub id: TicketId,
+    pub component_id: String,
+    pub device_id: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+/// Handle to the SQLite database and object directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Mutex<Connection>>,
+    objects: PathBuf,
+    tmp: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS components (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tickets (
+    id TEXT PRIMARY KEY,
+    component_id TEXT NOT NULL REFERENCES components(id),
+    device_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tickets_by_component ON tickets(component_id, expires_at);
+";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `data_dir`. Leftover temp files from an
+    /// interrupted upload are removed: they were never published.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let objects = data_dir.join("objects");
+        let tmp = data_dir.join("tmp");
+        std::fs::create_dir_all(&objects).map_err(io_err(&objects))?;
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let conn = Connection::open(data_dir.join("ads.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            db: Arc::new(Mutex::new(conn)),
+            objects,
+            tmp,
+        })
+    }
+
+    /// Directory for in-progress uploads.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Where the bytes of component `id` live.
+    pub fn object_path(&self, id: &str) -> PathBuf {
+        let prefix = id.get(..2).unwrap_or("xx");
+        self.objects.join(prefix).join(id)
+    }
+
+    /// Runs blocking store work on the blocking pool.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|_| StoreError::WorkerGone)?
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is safe to keep using.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a fully written and fsynced temp file as component `meta.id`. Returns the
+    /// stored metadata and whether it is new; when the bytes were already there, the temp
+    /// file is discarded and the first publication's metadata is returned.
+    pub fn publish(
+        &self,
+        temp: &Path,
+        meta: ComponentMeta,
+    ) -> Result<(ComponentMeta, bool), StoreError> {
+        if let Some(existing) = self.component(&meta.id)? {
+            let _ = std::fs::remove_file(temp);
+            return Ok((existing, false));
+        }
+        let dest = self.object_path(&meta.id);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::rename(temp, &dest).map_err(io_err(&dest))?;
+        if let Some(dir) = dest.parent() {
+            // Make the rename itself durable before the metadata says the object exists.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        // OR IGNORE: a concurrent upload of the same bytes may have won the race; the file it
+        // renamed into place is byte-identical to ours, so its row stands.
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO components (id, name, version, filename, size, sha256, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                meta.id,
+                meta.name,
+                meta.version,
+                meta.filename,
+                meta.size as i64,
+                meta.sha256,
+                meta.created_at as i64
+            ],
+        )?;
+        if inserted == 0 {
+            if let Some(existing) = self.component(&meta.id)? {
+                return Ok((existing, false));
+            }
+        }
+        Ok((meta, true))
+    }
+
+    fn row_to_meta(row: &rusqlite::Row<'_>) -> rusqlite::Result<ComponentMeta> {
+        let id: String = row.get(0)?;
+        Ok(ComponentMeta {
+            blake3: id.clone(),
+            id,
+            name: row.get(1)?,
+            version: row.get(2)?,
+            filename: row.get(3)?,
+            size: row.get::<_, i64>(4)? as u64,
+            sha256: row.get(5)?,
+            created_at: row.get::<_, i64>(6)? as u64,
+        })
+    }
+
+    /// One component's metadata.
+    pub fn component(&self, id: &str) -> Result<Option<ComponentMeta>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, name, version, filename, size, sha256, created_at
+                 FROM components WHERE id = ?1",
+                [id],
+                Self::row_to_meta,
+            )
+            .optional()?)
+    }
+
+    /// All components, newest first.
+    pub fn components(&self) -> Result<Vec<ComponentMeta>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, version, filename, size, sha256, created_at
+             FROM components ORDER BY created_at DESC, id",
+        )?;
+        let rows = stmt.query_map([], Self::row_to_meta)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a component unless a live ticket still points at it. `Ok(false)` if unknown.
+    pub fn delete_component(&self, id: &str, now: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let live: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM tickets WHERE component_id = ?1 AND expires_at >= ?2",
+            params![id, now as i64],
+            |r| r.get(0),
+        )?;
+        if live > 0 {
+            return Err(StoreError::InUse(id.to_string(), live as u64));
+        }
+        tx.execute("DELETE FROM tickets WHERE component_id = ?1", [id])?;
+        let n = tx.execute("DELETE FROM components WHERE id = ?1", [id])?;
+        tx.commit()?;
+        drop(conn);
+        if n > 0 {
+            let path = self.object_path(id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(n > 0)
+    }
+
+    /// Records a newly minted ticket.
+    pub fn insert_ticket(&self, t: &TicketRow) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO tickets (id, component_id, device_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                t.id.to_hex(),
+                t.component_id,
+                t.device_id,
+                t.created_at as i64,
+                t.expires_at as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One ticket row.
+    pub fn ticket(&self, id: TicketId) -> Result<Option<TicketRow>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT component_id, device_id, created_at, expires_at FROM tickets WHERE id = ?1",
+                [id.to_hex()],
+                |row| {
+                    Ok(TicketRow {
+                        id,
+                        component_id: row.get(0)?,
+                        device_id: row.get(1)?,
+                        created_at: row.get::<_, i64>(2)? as u64,
+                        expires_at: row.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,160 @@
+//! A small client for the ADS admin API, used by `scomo-ads publish` and `scomo-ads mint` (and
+//! by integration tests, which thereby drive exactly what the CLI drives).
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::ads::store::ComponentMeta;
+use crate::ads::tickets::Minted;
+
+/// Admin client failures, with what the server said when it said something.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no admin token: set SCOMO_ADS_ADMIN_TOKEN or point --data at the node's directory")]
+    NoToken,
+    #[error("request to the admin API failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the admin API answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("invalid CA certificate {0}")]
+    BadCa(PathBuf),
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Clone, Debug)]
+pub struct AdminTarget {
+    pub url: String,
+    pub token: String,
+    /// Extra CA certificate to trust (the node's generated self-signed certificate).
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl AdminTarget {
+    /// Resolves the token and CA from explicit values or the node's data directory.
+    pub fn resolve(
+        url: &str,
+        token: Option<String>,
+        data_dir: &Path,
+        ca_cert: Option<PathBuf>,
+    ) -> Result<Self, ClientError> {
+        let token = match token.filter(|t| !t.is_empty()) {
+            Some(t) => t,
+            None => std::fs::read_to_string(data_dir.join("admin.token"))
+                .map(|s| s.trim().to_string())
+                .map_err(|_| ClientError::NoToken)?,
+        };
+        let ca_cert = ca_cert.or_else(|| {
+            let p = data_dir.join("tls/cert.pem");
+            p.exists().then_some(p)
+        });
+        Ok(Self {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            ca_cert,
+        })
+    }
+}
+
+/// The admin API client.
+pub struct AdminClient {
+    target: AdminTarget,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(target: AdminTarget) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        if let Some(ca) = &target.ca_cert {
+            let pem = std::fs::read(ca).map_err(|source| ClientError::Read {
+                path: ca.clone(),
+                source,
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|_| ClientError::BadCa(ca.clone()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Self {
+            target,
+            http: builder.build()?,
+        })
+    }
+
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(text);
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Uploads `file` as component `name`/`version`, calling `progress(sent, total)` as the
+    /// bytes leave.
+    pub async fn publish(
+        &self,
+        file: &Path,
+        name: &str,
+        version: &str,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<ComponentMeta, ClientError> {
+        let read_err = |source| ClientError::Read {
+            path: file.to_path_buf(),
+            source,
+        };
+        let f = tokio::fs::File::open(file).await.map_err(read_err)?;
+        let total = f.metadata().await.map_err(read_err)?.len();
+        let mut sent = 0u64;
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                progress(sent, total);
+            }
+            chunk
+        });
+        let resp = self
+            .http
+            .post(format!("{}/v1/components", self.target.url))
+            .query(&[("name", name), ("version", version)])
+            .bearer_auth(&self.target.token)
+            .header(reqwest::header::CONTENT_LENGTH, total)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// Mints a ticket for `component`.
+    pub async fn mint(
+        &self,
+        component: &str,
+        ttl_secs: u64,
+        device_id: Option<&str>,
+    ) -> Result<Minted, ClientError> {
+        let mut body = serde_json::json!({"component": component, "ttl_secs": ttl_secs});
+        if let Some(d) = device_id {
+            body["device_id"] = serde_json::Value::from(d);
+        }
+        let resp = self
+            .http
+            .post(format!("{}/v1/tickets", self.target.url))
+            .bearer_auth(&self.target.token)
+            .json(&body)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+}

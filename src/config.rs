@@ -1,0 +1,192 @@
+//! Configuration: one serde tree, filled from defaults, then a TOML file (`--config`), then
+//! environment variables, then command-line flags (each later source wins). Secrets are never
+//! read from the TOML file or flags (which end up in shells' history and `ps`), only from the
+//! environment or the data directory, and never printed by `Debug`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A config error with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// A secret string whose `Debug` output is redacted.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub ads: AdsConfig,
+}
+
+/// The ADS node's settings (`[ads]` in the TOML file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdsConfig {
+    /// Data directory: SQLite, objects, generated secrets and certificate.
+    pub data_dir: PathBuf,
+    /// HTTPS download listener.
+    pub listen: SocketAddr,
+    /// HTTPS admin API listener.
+    pub admin_listen: SocketAddr,
+    /// Optional plain-HTTP download listener (benchmarks, trusted networks).
+    pub http_listen: Option<SocketAddr>,
+    /// Scheme, host and port put into minted URLs (default: the HTTPS listener's address).
+    pub public_url: Option<String>,
+    /// PEM certificate chain; with `tls_key`. Default: generated into `data_dir/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Memory budget of the chunk cache, in bytes.
+    pub cache_bytes: u64,
+    /// Chunk size of the cache and of body frames, in bytes.
+    pub chunk_bytes: u32,
+    /// Largest component accepted by `POST /v1/components`, in bytes.
+    pub max_upload_bytes: u64,
+    /// Ticket lifetime when the mint request gives none, in seconds.
+    pub default_ttl_secs: u64,
+    /// Longest ticket lifetime a mint request may ask for, in seconds.
+    pub max_ttl_secs: u64,
+    /// Most ranges served as multipart after coalescing; more and the Range header is ignored.
+    pub max_ranges: usize,
+    /// Concurrent connections per listener; beyond it new ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// The request head must arrive within this many seconds.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no byte moving either way for this long is closed (idle keep-alive,
+    /// or a reader that stopped reading). Progress resets it: slow devices are never cut off.
+    pub idle_timeout_secs: u64,
+    /// TLS handshakes must finish within this many seconds.
+    pub handshake_timeout_secs: u64,
+    /// On SIGTERM/Ctrl-C, in-flight responses get this long to finish.
+    pub shutdown_grace_secs: u64,
+    /// Log one line per download request (target `access`).
+    pub access_log: bool,
+    /// Admin bearer token; from `SCOMO_ADS_ADMIN_TOKEN`, else `data_dir/admin.token`.
+    #[serde(skip)]
+    pub admin_token: Option<Secret>,
+}
+
+impl Default for AdsConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            http_listen: None,
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            cache_bytes: 256 << 20,
+            chunk_bytes: 128 << 10,
+            max_upload_bytes: 8 << 30,
+            default_ttl_secs: 3600,
+            max_ttl_secs: 30 * 24 * 3600,
+            max_ranges: 16,
+            max_connections: 20_000,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            handshake_timeout_secs: 10,
+            shutdown_grace_secs: 30,
+            access_log: false,
+            admin_token: None,
+        }
+    }
+}
+
+impl AdsConfig {
+    /// Checks values that would make the node misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.chunk_bytes < 4096 || self.chunk_bytes > (16 << 20) {
+            return bad("chunk_bytes must be between 4096 and 16777216");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1");
+        }
+        if self.default_ttl_secs == 0 || self.default_ttl_secs > self.max_ttl_secs {
+            return bad("default_ttl_secs must be between 1 and max_ttl_secs");
+        }
+        if self.max_ranges == 0 {
+            return bad("max_ranges must be at least 1");
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return bad("public_url must start with https:// or http://");
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be given together");
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path` (TOML) over the defaults; no file means defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str("[ads]\ncache_bytes = 1024\nmax_ranges = 3\n").unwrap();
+        assert_eq!(c.ads.cache_bytes, 1024);
+        assert_eq!(c.ads.max_ranges, 3);
+        assert_eq!(c.ads.chunk_bytes, AdsConfig::default().chunk_bytes);
+        assert!(toml::from_str::<Config>("[ads]\ncache_byte = 1\n").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = AdsConfig::default();
+        c.admin_token = Some(Secret("hunter2".into()));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = AdsConfig::default();
+        assert!(c.validate().is_ok());
+        c.chunk_bytes = 10;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! scomo-ads: an Alternate Download Server (ADS) for OMA DM SCOMO software delivery.
+//!
+//! # Layout
+//!
+//! - [`ads`]: the download node. `ads::download` is the hot path (`GET|HEAD /d/{token}`:
+//!   token check, ticket lookup, RFC 9110 ranges, streamed body from the chunk cache);
+//!   `ads::admin` the admin API (components, tickets, metrics); `ads::store` SQLite and the
+//!   content-addressed object files; `ads::content` streamed, hash-verified ingest;
+//!   `ads::token` the self-authenticating URL token; `ads::tickets` minting and lookup;
+//!   `ads::cache` the moka chunk cache.
+//! - [`net`]: listeners shared by every server: TLS setup, the accept loop with connection cap
+//!   and timeouts, graceful shutdown.
+//! - [`cli`]: clap definitions of every subcommand and flag (no logic).
+//! - [`client`]: the admin API client used by `publish` and `mint`.
+//! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
+//! - [`secrets`]: secrets generated at first start, mode 0600, never logged.
+//!
+//! See `ARCHITECTURE.md` for the request walk-through and the invariants.
+
+pub mod ads;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod net;
+pub mod secrets;

@@ -1,0 +1,136 @@
+//! rustls configuration: TLS 1.2 and 1.3 only, AEAD suites only (ring provider), ALPN `h2` and
+//! `http/1.1`. With no certificate configured, a self-signed one for localhost/127.0.0.1 is
+//! generated into `DIR/tls/` on first start and reused afterwards, so clients can be told to
+//! trust `DIR/tls/cert.pem`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::secrets;
+
+/// What can go wrong setting up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate file {path}: {source}")]
+    ReadCert {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("cannot read private key file {path}: {source}")]
+    ReadKey {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("certificate file {0} holds no certificate")]
+    NoCertificate(PathBuf),
+    #[error("generating the self-signed certificate failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("writing the generated certificate failed: {0}")]
+    Write(#[from] secrets::SecretError),
+    #[error("the certificate and key do not form a usable TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls_cert and tls_key must be given together")]
+    HalfConfigured,
+}
+
+/// The server TLS identity in use, and where its certificate lives (for clients to trust).
+pub struct TlsIdentity {
+    pub config: Arc<ServerConfig>,
+    pub cert_path: PathBuf,
+}
+
+/// Loads the configured certificate and key, or the generated one under `data_dir/tls/`
+/// (creating it on first start).
+pub fn load_or_generate(
+    data_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<TlsIdentity, TlsError> {
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
+        (None, None) => generate_if_missing(data_dir)?,
+        _ => return Err(TlsError::HalfConfigured),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|source| TlsError::ReadCert {
+            path: cert_path.clone(),
+            source,
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::ReadCert {
+            path: cert_path.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert_path));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::ReadKey {
+        path: key_path.clone(),
+        source,
+    })?;
+    let config = server_config(chain, key)?;
+    Ok(TlsIdentity {
+        config: Arc::new(config),
+        cert_path,
+    })
+}
+
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, TlsError> {
+    // ring's default suites are all AEAD (AES-GCM, ChaCha20-Poly1305); no CBC, no RC4.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn generate_if_missing(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    let dir = data_dir.join("tls");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let generated = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    // Key first, so a crash in between leaves no certificate without its key.
+    secrets::write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
+    secrets::write_public(&cert_path, generated.cert.pem().as_bytes())?;
+    tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate");
+    Ok((cert_path, key_path))
+}
+
+/// A rustls client configuration trusting exactly the certificates in `ca_pem` (used by the CLI
+/// and tests to talk to a node with a generated certificate).
+pub fn client_config_trusting(ca_pem: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|source| TlsError::ReadCert {
+        path: ca_pem.to_path_buf(),
+        source,
+    })? {
+        let cert = cert.map_err(|source| TlsError::ReadCert {
+            path: ca_pem.to_path_buf(),
+            source,
+        })?;
+        roots.add(cert)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
