@@ -1,0 +1,344 @@
+//! The download plane over real TLS (HTTP/1.1 and HTTP/2): ranges, conditionals, HEAD,
+//! multipart, resume, token rejection.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use sha2::Digest;
+
+const SIZE: usize = 1_000_003; // not a multiple of the chunk size
+
+async fn setup() -> (Node, Vec<u8>, String) {
+    let node = start().await;
+    let data = pattern(SIZE, 7);
+    let meta = node.publish(data.clone(), "fw", "1.0").await;
+    let url = node.mint(&meta.id, 600).await.url;
+    (node, data, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_object_over_h1_and_h2_with_digests() {
+    let (node, data, url) = setup().await;
+    for (client, version) in [
+        (client_h1(&node.cert()), reqwest::Version::HTTP_11),
+        (client(&node.cert()), reqwest::Version::HTTP_2),
+    ] {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), version);
+        let h = resp.headers().clone();
+        let blake = blake3::hash(&data).to_hex().to_string();
+        assert_eq!(h["etag"], format!("\"{blake}\"").as_str());
+        assert_eq!(h["x-blake3"], blake.as_str());
+        assert_eq!(h["accept-ranges"], "bytes");
+        assert_eq!(h["content-length"], SIZE.to_string().as_str());
+        assert_eq!(
+            h["content-disposition"],
+            "attachment; filename=\"fw-1.0.bin\""
+        );
+        assert!(h.contains_key("last-modified"));
+        let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
+        assert_eq!(h["repr-digest"], format!("sha-256=:{sha}:").as_str());
+        let body = resp.bytes().await.unwrap();
+        assert!(body[..] == data[..], "body differs over {version:?}");
+    }
+}
+
+async fn get_range(c: &reqwest::Client, url: &str, range: &str) -> reqwest::Response {
+    c.get(url).header("range", range).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_single_range_form() {
+    let (node, data, url) = setup().await;
+    let n = SIZE as u64;
+    for c in [client_h1(&node.cert()), client(&node.cert())] {
+        for (range, start, end) in [
+            ("bytes=0-0", 0, 0),
+            ("bytes=0-499", 0, 499),
+            ("bytes=131071-131073", 131_071, 131_073), // across a chunk boundary
+            ("bytes=500000-", 500_000, n - 1),
+            ("bytes=-1", n - 1, n - 1),
+            ("bytes=-300000", n - 300_000, n - 1),
+            ("bytes=-99999999", 0, n - 1),
+            ("bytes=999000-99999999", 999_000, n - 1),
+        ] {
+            let resp = get_range(&c, &url, range).await;
+            assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+            assert_eq!(
+                resp.headers()["content-range"],
+                format!("bytes {start}-{end}/{n}").as_str()
+            );
+            let body = resp.bytes().await.unwrap();
+            assert!(body[..] == data[start as usize..=end as usize], "{range}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsatisfiable_and_malformed_ranges() {
+    let (node, data, url) = setup().await;
+    let c = client(&node.cert());
+    for range in ["bytes=1000003-", "bytes=2000000-3000000", "bytes=-0"] {
+        let resp = get_range(&c, &url, range).await;
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        assert_eq!(resp.headers()["content-range"], "bytes */1000003");
+    }
+    // Malformed: ignored, the whole object comes back (RFC 9110 §14.2).
+    for range in ["bytes=5-1", "bytes=abc", "lines=1-2", "bytes=1-2-3"] {
+        let resp = get_range(&c, &url, range).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{range}");
+        assert_eq!(resp.bytes().await.unwrap().len(), data.len());
+    }
+}
+
+/// Splits a multipart/byteranges body into (content-range, bytes) parts.
+fn parse_multipart(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
+    let delim = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body;
+    // Skip to the first delimiter.
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let first = find(rest, delim.as_bytes()).expect("first boundary");
+    rest = &rest[first + delim.len()..];
+    loop {
+        if rest.starts_with(b"--") {
+            break;
+        }
+        assert!(rest.starts_with(b"\r\n"));
+        let head_end = find(rest, b"\r\n\r\n").expect("part header end");
+        let head = std::str::from_utf8(&rest[2..head_end]).unwrap();
+        let cr = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Range: "))
+            .expect("part content-range")
+            .to_string();
+        let data_start = head_end + 4;
+        let next = find(&rest[data_start..], format!("\r\n{delim}").as_bytes()).expect("next");
+        parts.push((cr, rest[data_start..data_start + next].to_vec()));
+        rest = &rest[data_start + next + 2 + delim.len()..];
+    }
+    parts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiple_ranges_as_multipart_byte_for_byte() {
+    let (node, data, url) = setup().await;
+    for c in [client_h1(&node.cert()), client(&node.cert())] {
+        // Overlapping 10-29 and 20-39 coalesce; suffix -5 is the tail.
+        let resp = get_range(&c, &url, "bytes=10-29, 20-39,500000-600000,-5").await;
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let boundary = ct
+            .strip_prefix("multipart/byteranges; boundary=")
+            .expect("multipart content type");
+        let declared: usize = resp.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(body.len(), declared);
+        let parts = parse_multipart(&body, boundary);
+        let expect = [(10usize, 39usize), (500_000, 600_000), (SIZE - 5, SIZE - 1)];
+        assert_eq!(parts.len(), expect.len());
+        for ((cr, bytes), (s, e)) in parts.iter().zip(expect) {
+            assert_eq!(cr, &format!("bytes {s}-{e}/{SIZE}"));
+            assert!(bytes[..] == data[s..=e], "part {cr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_range_match_and_mismatch() {
+    let (node, data, url) = setup().await;
+    let c = client(&node.cert());
+    let head = c.head(&url).send().await.unwrap();
+    let etag = head.headers()["etag"].to_str().unwrap().to_string();
+    let lm = head.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    for validator in [etag.as_str(), lm.as_str()] {
+        let resp = c
+            .get(&url)
+            .header("range", "bytes=100-199")
+            .header("if-range", validator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{validator}");
+        assert!(resp.bytes().await.unwrap()[..] == data[100..200]);
+    }
+    for stale in [
+        "\"0000\"",
+        "W/\"whatever\"",
+        "Tue, 01 Jan 2002 00:00:00 GMT",
+    ] {
+        let resp = c
+            .get(&url)
+            .header("range", "bytes=100-199")
+            .header("if-range", stale)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{stale}");
+        assert_eq!(resp.bytes().await.unwrap().len(), SIZE);
+    }
+    let resp = c
+        .get(&url)
+        .header("if-none-match", etag.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_has_the_same_headers_and_no_body() {
+    let (node, _data, url) = setup().await;
+    for c in [client_h1(&node.cert()), client(&node.cert())] {
+        let get = c.get(&url).send().await.unwrap();
+        let gh = get.headers().clone();
+        drop(get);
+        let head = c.head(&url).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        for name in [
+            "etag",
+            "content-length",
+            "accept-ranges",
+            "repr-digest",
+            "x-blake3",
+            "content-disposition",
+            "last-modified",
+            "content-type",
+        ] {
+            assert_eq!(head.headers()[name], gh[name], "{name}");
+        }
+        assert!(head.bytes().await.unwrap().is_empty());
+        let ranged = c
+            .head(&url)
+            .header("range", "bytes=0-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(ranged.headers()["content-length"], "10");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_download_resumes_to_identical_bytes() {
+    let (node, data, url) = setup().await;
+    let c = client_h1(&node.cert());
+    let cut = 1 + (rand::random::<u64>() as usize % (SIZE - 2));
+    let resp = c.get(&url).send().await.unwrap();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_string();
+    let expected_b3 = resp.headers()["x-blake3"].to_str().unwrap().to_string();
+    let mut got = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+        if got.len() >= cut {
+            got.truncate(cut);
+            break;
+        }
+    }
+    drop(stream); // the connection is cut mid-body
+    let resp = c
+        .get(&url)
+        .header("range", format!("bytes={}-", got.len()))
+        .header("if-range", etag.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    got.extend_from_slice(&resp.bytes().await.unwrap());
+    assert_eq!(
+        blake3::hash(&got).to_hex().as_str(),
+        expected_b3,
+        "cut at {cut}"
+    );
+    assert!(got == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_resumes_a_partial_file() {
+    let (node, data, url) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("part.bin");
+    std::fs::write(&out, &data[..123_457]).unwrap();
+    let status = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail", "-C", "-", "--cacert"])
+        .arg(node.cert())
+        .arg("-o")
+        .arg(&out)
+        .arg(&url)
+        .status()
+        .await
+        .expect("curl must be installed (.ci/run installs it)");
+    assert!(status.success());
+    assert!(std::fs::read(&out).unwrap() == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_truncated_garbage_and_expired_tokens() {
+    let (node, data, url) = setup().await;
+    let c = client(&node.cert());
+    let (base, token) = url.rsplit_once("/d/").unwrap();
+    // Flip one character of the MAC.
+    let mut forged: Vec<char> = token.chars().collect();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
+    for bad in [
+        forged.as_str(),
+        &token[..token.len() - 1],
+        "garbage",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "%00%ff",
+    ] {
+        let resp = c.get(format!("{base}/d/{bad}")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{bad}");
+        let text = resp.text().await.unwrap();
+        assert!(text.len() < 100 && !text.contains("panicked"));
+    }
+    // A trailing file name is allowed and ignored.
+    let resp = c.get(format!("{url}/fw.bin")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().len(), data.len());
+    // Wrong method.
+    let resp = c.post(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Expired: 410 Gone.
+    let meta_id = blake3::hash(&data).to_hex().to_string();
+    let short = node.mint(&meta_id, 1).await.url;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resp = c.get(&short).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_listener_serves_the_same_bytes() {
+    let (node, data, url) = setup().await;
+    let http = node.handle.http_addr.unwrap();
+    let token = url.rsplit_once("/d/").unwrap().1;
+    let resp = reqwest::get(format!("http://{http}/d/{token}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.unwrap()[..] == data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_urls_are_compact() {
+    let (_node, _data, url) = setup().await;
+    assert!(url.len() < 120, "{} bytes: {url}", url.len());
+}
