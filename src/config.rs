@@ -177,8 +177,10 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let mut c = AdsConfig::default();
-        c.admin_token = Some(Secret("hunter2".into()));
+        let c = AdsConfig {
+            admin_token: Some(Secret("hunter2".into())),
+            ..AdsConfig::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

@@ -131,9 +131,7 @@ impl DownloadBody {
         let Some(Segment::Span { pos, end }) = self.current.as_mut() else {
             return None;
         };
-        let Some(src) = self.source.as_ref() else {
-            return None;
-        };
+        let src = self.source.as_ref()?;
         let chunk_size = src.cache.chunk_size();
         let chunk_start = index * chunk_size;
         let offset = (*pos - chunk_start) as usize;

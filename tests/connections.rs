@@ -1,0 +1,362 @@
+//! Connection behaviour over real sockets: slowloris and idle timeouts, slow-but-steady readers
+//! never cut off, the connection cap, graceful shutdown on SIGTERM, and flat memory while
+//! streaming a 1 GiB component (the real binary, measured from /proc).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn tls_connect(
+    node_cert: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = scomo_ads::net::tls::client_config_trusting(node_cert).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+}
+
+/// Reads until EOF or error; true if the peer closed within `secs`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, secs: u64) -> bool {
+    let mut buf = [0u8; 4096];
+    let res = tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    res.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_header_and_idle_keepalive_are_cut() {
+    let node = start_with(|c| {
+        c.header_read_timeout_secs = 1;
+        c.idle_timeout_secs = 30;
+    })
+    .await;
+    // A request head that never finishes.
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /d/x HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut s, 5).await,
+        "slowloris connection kept open"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(800));
+    let node = start_with(|c| {
+        c.header_read_timeout_secs = 30;
+        c.idle_timeout_secs = 2;
+    })
+    .await;
+    // A keep-alive connection that goes quiet after one request.
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(std::str::from_utf8(&buf[..n])
+        .unwrap()
+        .starts_with("HTTP/1.1 404"));
+    let t0 = std::time::Instant::now();
+    assert!(closed_within(&mut s, 6).await, "idle connection kept open");
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_progressing_is_never_cut_off() {
+    // Idle timeout 1 s, but the download takes several seconds: progress resets the clock.
+    let node = start_with(|c| {
+        c.idle_timeout_secs = 1;
+        c.chunk_bytes = 16 * 1024;
+    })
+    .await;
+    let data = pattern(2 << 20, 5);
+    let meta = node.publish(data.clone(), "slow", "1").await;
+    let url = node.mint(&meta.id, 600).await.url;
+    let path = url
+        .split_once("127.0.0.1")
+        .unwrap()
+        .1
+        .split_once('/')
+        .unwrap()
+        .1;
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let t0 = std::time::Instant::now();
+    loop {
+        // 16 KiB every 25 ms: each pause far inside the 1 s idle timeout, the whole download
+        // several times longer than it.
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("slow reader was cut off after {} bytes: {e}", raw.len()),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        t0.elapsed() > Duration::from_secs(3),
+        "download was not slow enough to prove anything"
+    );
+    let body_start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let got = raw[body_start..].to_vec();
+    assert!(got == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_dropped() {
+    let node = start_with(|c| c.idle_timeout_secs = 1).await;
+    let meta = node.publish(pattern(32 << 20, 1), "big", "1").await;
+    let url = node.mint(&meta.id, 600).await.url;
+    let path = url
+        .split_once("127.0.0.1")
+        .unwrap()
+        .1
+        .split_once('/')
+        .unwrap()
+        .1;
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(s.read(&mut buf).await.unwrap() > 0);
+    // Stop reading; the server's send buffer fills and it must give up within the timeout.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        closed_within(&mut s, 30).await,
+        "stalled reader kept forever"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_slot() {
+    let node = start_with(|c| c.max_connections = 2).await;
+    let addr = node.handle.download_addr;
+    let a = tls_connect(&node.cert(), addr).await.unwrap();
+    let _b = tls_connect(&node.cert(), addr).await.unwrap();
+    let third =
+        tokio::time::timeout(Duration::from_millis(700), tls_connect(&node.cert(), addr)).await;
+    assert!(
+        third.is_err(),
+        "a third connection was served beyond the cap"
+    );
+    drop(a);
+    let third = tokio::time::timeout(Duration::from_secs(5), tls_connect(&node.cert(), addr)).await;
+    assert!(matches!(third, Ok(Ok(_))), "slot was not released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_only_and_plain_http_refused_on_the_tls_port() {
+    let node = start().await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(node.cert()).unwrap();
+        for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(node.handle.download_addr)
+            .await
+            .unwrap();
+        let s = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await;
+        assert!(s.is_ok(), "{version:?} refused");
+    }
+    // Plain HTTP on the TLS port: no HTTP response comes back.
+    let mut tcp = tokio::net::TcpStream::connect(node.handle.download_addr)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(
+        !buf.starts_with(b"HTTP/"),
+        "plain HTTP answered on the TLS port"
+    );
+}
+
+/// The real binary as a child process, with its ready line parsed.
+struct Proc {
+    child: Child,
+    dir: tempfile::TempDir,
+    download: String,
+    admin: String,
+}
+
+impl Proc {
+    fn spawn(extra: &[&str]) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("SCOMO_ADS_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            let line = lines.next().expect("ready line").unwrap();
+            if let Some(json) = line.strip_prefix("ready ") {
+                break serde_json::from_str::<serde_json::Value>(json).unwrap();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proc {
+            child,
+            dir,
+            download: ready["download"].as_str().unwrap().to_string(),
+            admin: ready["admin"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn admin_client(&self) -> scomo_ads::client::AdminClient {
+        let target = scomo_ads::client::AdminTarget::resolve(
+            &format!("https://{}", self.admin),
+            Some(self.token()),
+            self.dir.path(),
+            None,
+        )
+        .unwrap();
+        scomo_ads::client::AdminClient::new(target).unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_responses_then_exits() {
+    let mut p = Proc::spawn(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.bin");
+    let data = pattern(24 << 20, 4);
+    std::fs::write(&file, &data).unwrap();
+    let admin = p.admin_client();
+    let meta = admin.publish(&file, "c", "1", |_, _| {}).await.unwrap();
+    let url = admin.mint(&meta.id, 600, None).await.unwrap().url;
+    let c = client_h1(&p.cert());
+    let resp = c.get(&url).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    let kill = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // New connections are refused soon after the signal...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(&p.download).await.is_err(),
+        "still accepting"
+    );
+    // ...while the in-flight response finishes byte for byte.
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.expect("in-flight response cut by shutdown"));
+    }
+    assert!(got == data);
+    let exited = wait_until(10, || matches!(p.child.try_wait(), Ok(Some(_)))).await;
+    assert!(exited, "process did not exit after draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_sparse_component_streams_with_flat_memory() {
+    let p = Proc::spawn(&["--cache-mb", "16"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sparse.bin");
+    let size: u64 = 1 << 30;
+    {
+        let f = std::fs::File::create(&file).unwrap();
+        f.set_len(size).unwrap(); // sparse: a hole reading as zeros
+    }
+    let admin = p.admin_client();
+    let meta = admin.publish(&file, "big", "1", |_, _| {}).await.unwrap();
+    assert_eq!(meta.size, size);
+    let after_upload = p.peak_rss_kib();
+    let url = admin.mint(&meta.id, 600, None).await.unwrap().url;
+    let resp = client(&p.cert()).get(&url).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let mut stream = resp.bytes_stream();
+    let mut hasher = blake3::Hasher::new();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    assert_eq!(n, size);
+    assert_eq!(hasher.finalize().to_hex().as_str(), meta.blake3);
+    let peak = p.peak_rss_kib();
+    eprintln!("peak RSS after upload {after_upload} KiB, after download {peak} KiB");
+    // 16 MiB cache budget + runtime + TLS buffers: far below the object's 1 GiB.
+    assert!(peak < 160 * 1024, "peak RSS {peak} KiB for a 1 GiB object");
+}
