@@ -85,9 +85,32 @@ pub struct AdsConfig {
     pub shutdown_grace_secs: u64,
     /// Log one line per download request (target `access`).
     pub access_log: bool,
+    /// Seconds after a ticket's expiry during which a ticket that has already delivered bytes
+    /// may still be resumed (slow devices resume long after they started).
+    pub expiry_grace_secs: u64,
+    /// How often expired tickets are swept (and their `download.expired` callbacks queued).
+    pub sweep_interval_secs: u64,
+    /// Hosts that ticket callback URLs may point at (`"*"`: any host).
+    pub callback_allow_hosts: Vec<String>,
+    /// First callback retry delay in milliseconds; doubles per attempt, with jitter.
+    pub callback_backoff_base_ms: u64,
+    /// Longest delay between two callback attempts, in seconds.
+    pub callback_backoff_cap_secs: u64,
+    /// A callback still failing this long after its event was created is kept as dead.
+    pub callback_horizon_secs: u64,
+    /// Per-attempt callback timeout, in seconds.
+    pub callback_timeout_secs: u64,
+    /// Callback deliveries in flight at once.
+    pub callback_concurrency: usize,
+    /// The `node` field of callbacks (default: the public URL).
+    pub node_name: Option<String>,
     /// Admin bearer token; from `SCOMO_ADS_ADMIN_TOKEN`, else `data_dir/admin.token`.
     #[serde(skip)]
     pub admin_token: Option<Secret>,
+    /// Callback signing secrets (`whsec_…`, space-separated during a rotation); from
+    /// `SCOMO_ADS_CALLBACK_SECRET`, else `data_dir/callback.secret`.
+    #[serde(skip)]
+    pub callback_secret: Option<Secret>,
 }
 
 impl Default for AdsConfig {
@@ -112,7 +135,17 @@ impl Default for AdsConfig {
             handshake_timeout_secs: 10,
             shutdown_grace_secs: 30,
             access_log: false,
+            expiry_grace_secs: 24 * 3600,
+            sweep_interval_secs: 30,
+            callback_allow_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            callback_backoff_base_ms: 1000,
+            callback_backoff_cap_secs: 3600,
+            callback_horizon_secs: 3 * 24 * 3600,
+            callback_timeout_secs: 10,
+            callback_concurrency: 16,
+            node_name: None,
             admin_token: None,
+            callback_secret: None,
         }
     }
 }
@@ -137,6 +170,9 @@ impl AdsConfig {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return bad("public_url must start with https:// or http://");
             }
+        }
+        if self.sweep_interval_secs == 0 || self.callback_concurrency == 0 {
+            return bad("sweep_interval_secs and callback_concurrency must be at least 1");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key must be given together");

@@ -13,6 +13,8 @@
 //! - [`cli`]: clap definitions of every subcommand and flag (no logic).
 //! - [`client`]: the admin API client used by `publish` and `mint`.
 //! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
+//! - [`webhook`]: Standard Webhooks signing, the durable outbox and the retrying dispatcher,
+//!   shared by the ADS callbacks and the DMS webhooks.
 //! - [`secrets`]: secrets generated at first start, mode 0600, never logged.
 //!
 //! See `ARCHITECTURE.md` for the request walk-through and the invariants.
@@ -23,3 +25,4 @@ pub mod client;
 pub mod config;
 pub mod net;
 pub mod secrets;
+pub mod webhook;

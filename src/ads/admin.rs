@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::content::{self, IngestError, UploadInfo};
 use super::store::StoreError;
-use super::tickets::{MintRequest, TicketError};
+use super::tickets::{LiveTicket, MintRequest, Snapshot, TicketError};
 use super::token::TicketId;
 use super::AdsState;
 
@@ -88,8 +88,16 @@ impl From<TicketError> for ApiError {
             TicketError::UnknownComponent(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_component", e.to_string())
             }
-            TicketError::BadTtl { .. } | TicketError::BadDeviceId => {
+            TicketError::BadTtl { .. } | TicketError::BadRequest(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            }
+            TicketError::CallbackHostNotAllowed(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "callback_not_allowed",
+                e.to_string(),
+            ),
+            TicketError::AlreadyEnded(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_ended", e.to_string())
             }
             TicketError::Store(s) => s.into(),
             TicketError::Corrupt(c) => {
@@ -109,7 +117,9 @@ pub fn router(state: Arc<AdsState>) -> Router {
             get(get_component).delete(delete_component),
         )
         .route("/v1/tickets", post(mint))
-        .route("/v1/tickets/{id}", get(get_ticket))
+        .route("/v1/tickets/{id}", get(get_ticket).delete(revoke_ticket))
+        .route("/v1/callbacks", get(list_callbacks))
+        .route("/v1/callbacks/{id}/retry", post(retry_callback))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
@@ -225,9 +235,10 @@ async fn delete_component(
 ) -> Result<Response, ApiError> {
     let target = id.clone();
     let now = super::now_unix();
+    let grace = state.config.expiry_grace_secs;
     let deleted = state
         .store
-        .run(move |s| s.delete_component(&target, now))
+        .run(move |s| s.delete_component(&target, now, grace))
         .await?;
     if !deleted {
         return Err(ApiError::new(
@@ -254,34 +265,153 @@ async fn mint(
     Ok((StatusCode::CREATED, Json(minted)).into_response())
 }
 
+fn unknown_ticket(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_ticket",
+        format!("no ticket with id {id}"),
+    )
+}
+
+fn ticket_id(id: &str) -> Result<TicketId, ApiError> {
+    TicketId::from_hex(id).ok_or_else(|| unknown_ticket(id))
+}
+
+fn ticket_json(t: &LiveTicket, snap: &Snapshot, active: u32, grace: u64) -> serde_json::Value {
+    let r = &t.record;
+    json!({
+        "id": r.id.to_hex(),
+        "component": r.component_id,
+        "device_id": r.device_id,
+        "state": t.effective_state(snap, super::now_unix(), grace),
+        "size": t.object.size,
+        "bytes_sent": snap.bytes_sent,
+        "bytes_delivered": snap.coverage.covered(),
+        "coverage": snap.coverage.intervals(),
+        "tentative": snap.tentative.intervals(),
+        "requests": snap.requests,
+        "active_requests": active,
+        "deliveries": snap.deliveries,
+        "max_deliveries": r.max_deliveries,
+        "max_connections": r.max_connections,
+        "max_bytes": r.max_bytes,
+        "first_byte_at_ms": snap.first_byte_at_ms,
+        "last_byte_at_ms": snap.last_byte_at_ms,
+        "completed_at_ms": snap.completed_at_ms,
+        "created_at": r.created_at,
+        "expires_at": r.expires_at,
+        "callback_url": r.callback_url,
+        "context": r.context,
+    })
+}
+
 async fn get_ticket(
     State(state): State<Arc<AdsState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_ticket",
-            format!("no ticket with id {id}"),
-        )
-    };
-    let tid = TicketId::from_hex(&id).ok_or_else(not_found)?;
-    let row = state.tickets.row(tid).await?.ok_or_else(not_found)?;
-    let now = super::now_unix();
-    let ticket_state = if now > row.expires_at {
-        "expired"
-    } else {
-        "issued"
-    };
-    Ok(Json(json!({
-        "id": id,
-        "component": row.component_id,
-        "device_id": row.device_id,
-        "state": ticket_state,
-        "created_at": row.created_at,
-        "expires_at": row.expires_at,
-    }))
+    let tid = ticket_id(&id)?;
+    let t = state
+        .tickets
+        .lookup(tid)
+        .await?
+        .ok_or_else(|| unknown_ticket(&id))?;
+    let (snap, active) = t.snapshot();
+    Ok(Json(ticket_json(
+        &t,
+        &snap,
+        active,
+        state.config.expiry_grace_secs,
+    ))
     .into_response())
+}
+
+async fn revoke_ticket(
+    State(state): State<Arc<AdsState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tid = ticket_id(&id)?;
+    match state.tickets.revoke(tid, super::now_unix()).await? {
+        Some(_) => {
+            tracing::info!(ticket = %id, "ticket revoked");
+            let t = state
+                .tickets
+                .lookup(tid)
+                .await?
+                .ok_or_else(|| unknown_ticket(&id))?;
+            let (snap, active) = t.snapshot();
+            Ok(Json(ticket_json(
+                &t,
+                &snap,
+                active,
+                state.config.expiry_grace_secs,
+            ))
+            .into_response())
+        }
+        None => Err(unknown_ticket(&id)),
+    }
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_callbacks(
+    State(state): State<Arc<AdsState>>,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Response, ApiError> {
+    if let Some(s) = &q.state {
+        if !matches!(s.as_str(), "pending" | "delivered" | "dead") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_state",
+                "state must be pending, delivered or dead",
+            ));
+        }
+    }
+    let outbox = state.outbox.clone();
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let events = tokio::task::spawn_blocking(move || outbox.list(q.state.as_deref(), limit))
+        .await
+        .map_err(|_| StoreError::WorkerGone)?
+        .map_err(outbox_error)?;
+    Ok(Json(json!({ "callbacks": events })).into_response())
+}
+
+async fn retry_callback(
+    State(state): State<Arc<AdsState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let outbox = state.outbox.clone();
+    let event = id.clone();
+    let now = crate::ads::now_unix() * 1000;
+    let found = tokio::task::spawn_blocking(move || outbox.retry(&event, now))
+        .await
+        .map_err(|_| StoreError::WorkerGone)?
+        .map_err(outbox_error)?;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_dead_callback",
+            format!("no dead callback with id {id}"),
+        ));
+    }
+    state.callback_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"event_id": id, "state": "pending"})),
+    )
+        .into_response())
+}
+
+fn outbox_error(e: crate::webhook::outbox::OutboxError) -> ApiError {
+    tracing::error!(error = %e, "outbox failure");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "storage",
+        "storage failure; see the node's log",
+    )
 }
 
 async fn metrics(State(state): State<Arc<AdsState>>) -> Response {

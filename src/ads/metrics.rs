@@ -17,6 +17,8 @@ pub struct Metrics {
     requests: [AtomicU64; STATUSES.len() + 1],
     pub bytes_sent: AtomicU64,
     pub tickets_minted: AtomicU64,
+    pub tickets_completed: AtomicU64,
+    pub callbacks: Arc<crate::webhook::deliver::DeliveryStats>,
     pub components_published: AtomicU64,
     pub download_connections: Arc<ConnectionGauge>,
     pub admin_connections: Arc<ConnectionGauge>,

@@ -51,6 +51,12 @@ pub enum AdsError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Outbox(#[from] crate::webhook::outbox::OutboxError),
+    #[error("invalid callback secret: {0}")]
+    CallbackSecret(#[from] crate::webhook::sign::SignError),
+    #[error("cannot build the callback HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,6 +67,8 @@ pub enum AdsError {
 /// State shared by the admin API handlers.
 pub struct AdsState {
     pub config: AdsConfig,
+    pub outbox: Arc<crate::webhook::outbox::Outbox>,
+    pub callback_wake: Arc<tokio::sync::Notify>,
     pub store: Store,
     pub tickets: Tickets,
     pub cache: ChunkCache,
@@ -151,14 +159,55 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
 
     let metrics = Arc::new(Metrics::default());
     let cache = ChunkCache::new(config.cache_bytes, config.chunk_bytes);
+    let callback_secret = match &config.callback_secret {
+        Some(s) if !s.0.is_empty() => s.0.clone(),
+        _ => {
+            secrets::load_or_create(
+                &dir.join("callback.secret"),
+                crate::webhook::sign::generate_secret,
+            )?
+            .0
+        }
+    };
+    let signer = crate::webhook::sign::Signer::from_secrets(&callback_secret)?;
+    let db = dir.join("ads.sqlite3");
+    let callback_wake = Arc::new(tokio::sync::Notify::new());
+    let writer = tickets::persist::Writer::start(&db, callback_wake.clone())?;
+    let outbox = Arc::new(crate::webhook::outbox::Outbox::open(&db)?);
     let tickets = Tickets::new(
         store.clone(),
         keyring.clone(),
-        &public_url,
-        config.default_ttl_secs,
-        config.max_ttl_secs,
+        tickets::TicketPolicy {
+            public_url: public_url.clone(),
+            node: config
+                .node_name
+                .clone()
+                .unwrap_or_else(|| public_url.clone()),
+            default_ttl: config.default_ttl_secs,
+            max_ttl: config.max_ttl_secs,
+            grace: config.expiry_grace_secs,
+            callback_allow_hosts: config.callback_allow_hosts.clone(),
+        },
+        writer,
         metrics.clone(),
     );
+    let dispatcher = crate::webhook::deliver::Dispatcher {
+        outbox: outbox.clone(),
+        signer,
+        http: reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("scomo-ads/", env!("CARGO_PKG_VERSION")))
+            .build()?,
+        policy: crate::webhook::deliver::DeliveryPolicy {
+            backoff_base: Duration::from_millis(config.callback_backoff_base_ms),
+            backoff_cap: Duration::from_secs(config.callback_backoff_cap_secs),
+            horizon: Duration::from_secs(config.callback_horizon_secs),
+            timeout: Duration::from_secs(config.callback_timeout_secs),
+            concurrency: config.callback_concurrency,
+        },
+        wake: callback_wake.clone(),
+        stats: metrics.callbacks.clone(),
+    };
     let plane = Arc::new(DownloadPlane {
         keyring,
         tickets: tickets.clone(),
@@ -176,6 +225,8 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     };
     let state = Arc::new(AdsState {
         config: config.clone(),
+        outbox,
+        callback_wake,
         store,
         tickets,
         cache,
@@ -184,6 +235,12 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     });
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(dispatcher.run(shutdown.clone()));
+    tasks.spawn(tickets::sweeper::run(
+        state.tickets.clone(),
+        Duration::from_secs(config.sweep_interval_secs),
+        shutdown.clone(),
+    ));
     let download_service = {
         let plane = plane.clone();
         hyper::service::service_fn(move |req| plane.clone().handle(req))

@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::token::TicketId;
-
 /// Storage failures, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,16 +42,6 @@ pub struct ComponentMeta {
     pub created_at: u64,
 }
 
-/// A ticket row.
-#[derive(Clone, Debug)]
-pub struct TicketRow {
-    pub id: TicketId,
-    pub component_id: String,
-    pub device_id: Option<String>,
-    pub created_at: u64,
-    pub expires_at: u64,
-}
-
 /// Handle to the SQLite database and object directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -72,14 +60,6 @@ CREATE TABLE IF NOT EXISTS components (
     sha256 TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tickets (
-    id TEXT PRIMARY KEY,
-    component_id TEXT NOT NULL REFERENCES components(id),
-    device_id TEXT,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tickets_by_component ON tickets(component_id, expires_at);
 ";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -226,13 +206,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Deletes a component unless a live ticket still points at it. `Ok(false)` if unknown.
-    pub fn delete_component(&self, id: &str, now: u64) -> Result<bool, StoreError> {
+    /// Deletes a component unless a live ticket still points at it (not ended, and not past
+    /// its expiry plus `grace`). `Ok(false)` if unknown.
+    pub fn delete_component(&self, id: &str, now: u64, grace: u64) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let live: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM tickets WHERE component_id = ?1 AND expires_at >= ?2",
-            params![id, now as i64],
+            "SELECT COUNT(*) FROM tickets WHERE component_id = ?1
+               AND state IN ('issued', 'downloading') AND expires_at + ?3 >= ?2",
+            params![id, now as i64, grace as i64],
             |r| r.get(0),
         )?;
         if live > 0 {
@@ -251,41 +233,5 @@ impl Store {
             }
         }
         Ok(n > 0)
-    }
-
-    /// Records a newly minted ticket.
-    pub fn insert_ticket(&self, t: &TicketRow) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO tickets (id, component_id, device_id, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                t.id.to_hex(),
-                t.component_id,
-                t.device_id,
-                t.created_at as i64,
-                t.expires_at as i64
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// One ticket row.
-    pub fn ticket(&self, id: TicketId) -> Result<Option<TicketRow>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT component_id, device_id, created_at, expires_at FROM tickets WHERE id = ?1",
-                [id.to_hex()],
-                |row| {
-                    Ok(TicketRow {
-                        id,
-                        component_id: row.get(0)?,
-                        device_id: row.get(1)?,
-                        created_at: row.get::<_, i64>(2)? as u64,
-                        expires_at: row.get::<_, i64>(3)? as u64,
-                    })
-                },
-            )
-            .optional()?)
     }
 }

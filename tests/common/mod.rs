@@ -93,16 +93,38 @@ impl Node {
         resp.json().await.unwrap()
     }
 
+    /// A reusable URL (many deliveries), for tests about the download plane itself.
     pub async fn mint(&self, component: &str, ttl_secs: u64) -> Minted {
+        self.mint_with(serde_json::json!({
+            "component": component, "ttl_secs": ttl_secs, "max_deliveries": 1000
+        }))
+        .await
+    }
+
+    /// A ticket with any mint options.
+    pub async fn mint_with(&self, body: serde_json::Value) -> Minted {
         let resp = client(&self.cert())
             .post(self.admin("/v1/tickets"))
             .bearer_auth(self.token())
-            .json(&serde_json::json!({"component": component, "ttl_secs": ttl_secs}))
+            .json(&body)
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
         resp.json().await.unwrap()
+    }
+
+    /// A ticket's admin view.
+    pub async fn ticket(&self, id: &str) -> serde_json::Value {
+        client(&self.cert())
+            .get(self.admin(&format!("/v1/tickets/{id}")))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 

@@ -19,6 +19,55 @@ use tokio::task::JoinHandle;
 use crate::ads::cache::ChunkCache;
 use crate::ads::metrics::Metrics;
 use crate::ads::object::ServedObject;
+use crate::ads::store::StoreError;
+use crate::ads::tickets::RequestGuard;
+
+type Ack = tokio::sync::oneshot::Receiver<Result<(), StoreError>>;
+
+/// Ties a response to its ticket: waits for the intent to be durable before the first byte,
+/// credits each frame once hyper has taken it (asked for the next one), and holds the end of
+/// the response until a completion it caused is durable.
+pub struct Tracker {
+    guard: RequestGuard,
+    begin: Option<Ack>,
+    uncredited: Option<(u64, u64)>,
+    completion: Option<Ack>,
+}
+
+impl Tracker {
+    pub fn new(guard: RequestGuard, begin: Option<Ack>, completion: Option<Ack>) -> Self {
+        Self {
+            guard,
+            begin,
+            uncredited: None,
+            completion,
+        }
+    }
+
+    fn credit_pending(&mut self) {
+        if let Some((s, e)) = self.uncredited.take() {
+            if let Some(rx) = self.guard.credit(s, e) {
+                self.completion = Some(rx);
+            }
+        }
+    }
+}
+
+fn poll_ack(ack: &mut Ack, cx: &mut Context<'_>, what: &str) -> Poll<Result<(), std::io::Error>> {
+    match Pin::new(ack).poll(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(Ok(()))) => Poll::Ready(Ok(())),
+        Poll::Ready(Ok(Err(e))) => {
+            tracing::error!(error = %e, "{what} not persisted");
+            Poll::Ready(Err(std::io::Error::other(
+                "cannot record the download; retry",
+            )))
+        }
+        Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::Error::other(
+            "cannot record the download; retry",
+        ))),
+    }
+}
 
 /// One piece of a response body.
 #[derive(Debug)]
@@ -55,6 +104,7 @@ pub struct DownloadBody {
     source: Option<Source>,
     pending: Option<JoinHandle<std::io::Result<Bytes>>>,
     remaining: u64,
+    tracker: Option<Box<Tracker>>,
 }
 
 impl DownloadBody {
@@ -66,7 +116,14 @@ impl DownloadBody {
             source: None,
             pending: None,
             remaining: 0,
+            tracker: None,
         }
+    }
+
+    /// Attaches the ticket tracker of this response.
+    pub fn tracked(mut self, tracker: Tracker) -> Self {
+        self.tracker = Some(Box::new(tracker));
+        self
     }
 
     /// A fixed text body (error messages).
@@ -97,6 +154,7 @@ impl DownloadBody {
             }),
             pending: None,
             remaining: end - start,
+            tracker: None,
         }
     }
 
@@ -119,6 +177,7 @@ impl DownloadBody {
             }),
             pending: None,
             remaining,
+            tracker: None,
         }
     }
 
@@ -143,12 +202,17 @@ impl DownloadBody {
         }
         let take = (chunk.len() - offset).min((*end - *pos) as usize);
         let piece = chunk.slice(offset..offset + take);
+        let piece_start = *pos;
         *pos += take as u64;
         self.remaining -= take as u64;
         src.metrics
             .bytes_sent
             .fetch_add(take as u64, Ordering::Relaxed);
-        if *pos >= *end {
+        let done = *pos >= *end;
+        if let Some(t) = self.tracker.as_mut() {
+            t.uncredited = Some((piece_start, piece_start + take as u64));
+        }
+        if done {
             self.advance();
         }
         Some(Ok(Frame::data(piece)))
@@ -164,6 +228,17 @@ impl http_body::Body for DownloadBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
+        if let Some(t) = this.tracker.as_mut() {
+            if let Some(begin) = t.begin.as_mut() {
+                match poll_ack(begin, cx, "download intent") {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => t.begin = None,
+                }
+            }
+            // hyper asks for more only once it has taken the previous frame.
+            t.credit_pending();
+        }
         loop {
             if let Some(handle) = this.pending.as_mut() {
                 let joined = match Pin::new(handle).poll(cx) {
@@ -187,7 +262,20 @@ impl http_body::Body for DownloadBody {
                 return Poll::Ready(this.emit(chunk, index));
             }
             match this.current.take() {
-                None => return Poll::Ready(None),
+                None => {
+                    if let Some(t) = this.tracker.as_mut() {
+                        if let Some(done) = t.completion.as_mut() {
+                            // The device must not see the end of the response before the
+                            // node has durably recorded that the ticket is complete.
+                            match poll_ack(done, cx, "ticket completion") {
+                                Poll::Pending => return Poll::Pending,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                                Poll::Ready(Ok(())) => t.completion = None,
+                            }
+                        }
+                    }
+                    return Poll::Ready(None);
+                }
                 Some(Segment::Literal(b)) => {
                     this.remaining -= b.len() as u64;
                     this.advance();
@@ -215,7 +303,8 @@ impl http_body::Body for DownloadBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.current.is_none() && self.pending.is_none()
+        // A tracked body ends only through `poll_frame`, so the last frame gets credited.
+        self.current.is_none() && self.pending.is_none() && self.tracker.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -16,12 +16,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use self::body::{DownloadBody, Segment};
+use self::body::{DownloadBody, Segment, Tracker};
 use self::range::{ByteRange, RangeDecision};
 use super::cache::ChunkCache;
 use super::metrics::Metrics;
 use super::object::ServedObject;
-use super::tickets::Tickets;
+use super::tickets::coverage::Coverage;
+use super::tickets::{Refusal, Tickets};
 use super::token::{Keyring, TokenError};
 
 /// Header carrying the whole object's BLAKE3 (hex), beside `Repr-Digest`'s SHA-256.
@@ -109,11 +110,11 @@ impl DownloadPlane {
                 "not a download URL; expected /d/{token}\n",
             );
         };
-        let claims = match self.keyring.verify(token, now_unix()) {
-            Ok(c) => c,
-            Err(TokenError::Expired(_)) => {
-                return plain(StatusCode::GONE, "this download URL has expired\n")
-            }
+        let now = now_unix();
+        let (claims, token_expired) = match self.keyring.verify(token, now) {
+            Ok(c) => (c, false),
+            // Expired URLs of started tickets stay valid for the grace period: decided below.
+            Err(TokenError::Expired(c)) => (c, true),
             Err(_) => return plain(StatusCode::FORBIDDEN, "invalid download URL\n"),
         };
         let ticket = match self.tickets.lookup(claims.ticket).await {
@@ -129,33 +130,67 @@ impl DownloadPlane {
         };
         let obj = &ticket.object;
         let headers = req.headers();
-        if conditional::none_match_hits(
+        let decision = if conditional::none_match_hits(
             headers
                 .get(header::IF_NONE_MATCH)
                 .map(HeaderValue::as_bytes),
             obj.etag.as_bytes(),
         ) {
-            let mut r = Response::new(DownloadBody::empty());
-            *r.status_mut() = StatusCode::NOT_MODIFIED;
-            r.headers_mut().insert(header::ETAG, obj.etag.clone());
-            return r;
-        }
-        let decision = match headers.get(header::RANGE) {
-            Some(range)
-                if conditional::if_range_allows(
-                    headers.get(header::IF_RANGE).map(HeaderValue::as_bytes),
-                    obj.etag.as_bytes(),
-                    obj.last_modified,
-                ) =>
-            {
-                match range.to_str() {
-                    Ok(text) => range::decide(text, obj.size, self.max_ranges),
-                    Err(_) => RangeDecision::Full,
+            None
+        } else {
+            Some(match headers.get(header::RANGE) {
+                Some(range)
+                    if conditional::if_range_allows(
+                        headers.get(header::IF_RANGE).map(HeaderValue::as_bytes),
+                        obj.etag.as_bytes(),
+                        obj.last_modified,
+                    ) =>
+                {
+                    match range.to_str() {
+                        Ok(text) => range::decide(text, obj.size, self.max_ranges),
+                        Err(_) => RangeDecision::Full,
+                    }
                 }
-            }
-            _ => RangeDecision::Full,
+                _ => RangeDecision::Full,
+            })
         };
-        self.build(obj, decision, head)
+        let planned = match &decision {
+            Some(d) if !head => planned_ranges(d, obj.size),
+            _ => None,
+        };
+        let Some(planned) = planned else {
+            // No body: HEAD, 304, 416. The ticket must still be usable, but nothing is counted.
+            if let Err(r) = self.tickets.check(&ticket, token_expired, now) {
+                return refused(r);
+            }
+            let Some(decision) = decision else {
+                let mut r = Response::new(DownloadBody::empty());
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                r.headers_mut().insert(header::ETAG, obj.etag.clone());
+                return r;
+            };
+            return self.build(obj, decision, true);
+        };
+        let guard = match self
+            .tickets
+            .admit(&ticket, planned.covered(), token_expired, now)
+        {
+            Ok(g) => g,
+            Err(r) => return refused(r),
+        };
+        let mut resp = self.build(obj, decision.unwrap_or(RangeDecision::Full), false);
+        let tracker = if obj.size == 0 {
+            // Nothing to send: an empty object is delivered by any successful GET.
+            let mut guard = guard;
+            let done = guard.credit(0, 0);
+            Tracker::new(guard, None, done)
+        } else {
+            let begin = guard.begin(&planned);
+            Tracker::new(guard, Some(begin), None)
+        };
+        let body = std::mem::replace(resp.body_mut(), DownloadBody::empty());
+        *resp.body_mut() = body.tracked(tracker);
+        resp
     }
 
     fn build(
@@ -275,6 +310,45 @@ impl DownloadPlane {
             )
         };
         (body, length, content_type)
+    }
+}
+
+/// The object bytes a decision will send, or `None` when it sends no body (416).
+fn planned_ranges(d: &RangeDecision, size: u64) -> Option<Coverage> {
+    let mut c = Coverage::new();
+    match d {
+        RangeDecision::Full => c.insert(0, size),
+        RangeDecision::Single(r) => c.insert(r.start, r.end + 1),
+        RangeDecision::Multi(rs) => rs.iter().for_each(|r| c.insert(r.start, r.end + 1)),
+        RangeDecision::Unsatisfiable => return None,
+    }
+    Some(c)
+}
+
+fn refused(r: Refusal) -> Response<DownloadBody> {
+    match r {
+        Refusal::Gone(why) => {
+            let mut resp = Response::new(DownloadBody::text(format!("{why}\n")));
+            *resp.status_mut() = StatusCode::GONE;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+        Refusal::TooManyConnections => {
+            let mut resp = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many concurrent requests on this download URL\n",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            resp
+        }
+        Refusal::OverBudget => plain(
+            StatusCode::FORBIDDEN,
+            "this download URL's byte budget is spent\n",
+        ),
     }
 }
 

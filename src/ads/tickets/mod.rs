@@ -1,0 +1,857 @@
+//! Tickets: minting signed URLs, and the one-time delivery state machine.
+//!
+//! ```text
+//! issued ──first GET──► downloading ──every byte sent once──► completed
+//!    │                      │
+//!    └──expiry──► expired ◄─┘ (expiry + grace, once started)       any ──DELETE──► revoked
+//! ```
+//!
+//! The authoritative state of a ticket in use is one in-memory [`LiveTicket`] (a mutex around
+//! its progress, never held across an await). A weak registry guarantees there is never a
+//! second copy: a ticket evicted from the moka cache while a response still holds it is found
+//! again through the registry instead of being reloaded. Every change is persisted through the
+//! [`persist::Writer`]; completion, expiry and revocation are persisted together with their
+//! callback event.
+
+pub mod coverage;
+pub mod persist;
+pub mod sweeper;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use self::coverage::Coverage;
+use self::persist::{NewEvent, Op, Writer};
+use super::metrics::Metrics;
+use super::object::{CorruptMeta, ServedObject};
+use super::store::{ComponentMeta, Store, StoreError};
+use super::token::{Keyring, TicketId};
+
+/// Why a ticket could not be minted, found or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("no component with id {0}")]
+    UnknownComponent(String),
+    #[error("ttl_secs must be between 1 and {max} (got {got})")]
+    BadTtl { got: u64, max: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "callback_url host {0} is not in the node's callback allow-list (callback_allow_hosts)"
+    )]
+    CallbackHostNotAllowed(String),
+    #[error("the ticket is already {0}")]
+    AlreadyEnded(TicketState),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptMeta),
+}
+
+/// Ticket lifecycle states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketState {
+    Issued,
+    Downloading,
+    Completed,
+    Expired,
+    Revoked,
+}
+
+impl TicketState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketState::Issued => "issued",
+            TicketState::Downloading => "downloading",
+            TicketState::Completed => "completed",
+            TicketState::Expired => "expired",
+            TicketState::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "downloading" => TicketState::Downloading,
+            "completed" => TicketState::Completed,
+            "expired" => TicketState::Expired,
+            "revoked" => TicketState::Revoked,
+            _ => TicketState::Issued,
+        }
+    }
+
+    /// No request will ever be served again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TicketState::Completed | TicketState::Expired | TicketState::Revoked
+        )
+    }
+}
+
+impl std::fmt::Display for TicketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What never changes about a ticket.
+#[derive(Clone, Debug)]
+pub struct TicketRecord {
+    pub id: TicketId,
+    pub component_id: String,
+    pub device_id: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub callback_url: Option<String>,
+    pub context: Option<serde_json::Value>,
+    pub max_deliveries: u32,
+    pub max_connections: Option<u32>,
+    pub max_bytes: Option<u64>,
+}
+
+/// What changes as a ticket is used (persisted as a whole).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub state: TicketState,
+    pub deliveries: u32,
+    pub bytes_sent: u64,
+    pub requests: u64,
+    pub first_byte_at_ms: Option<u64>,
+    pub last_byte_at_ms: Option<u64>,
+    pub completed_at_ms: Option<u64>,
+    pub coverage: Coverage,
+    /// Ranges of responses in flight when the node last stopped uncleanly: maybe delivered.
+    pub tentative: Coverage,
+}
+
+impl Default for TicketState {
+    fn default() -> Self {
+        TicketState::Issued
+    }
+}
+
+#[derive(Debug)]
+struct Progress {
+    snap: Snapshot,
+    active: u32,
+    reserved_bytes: u64,
+}
+
+/// A ticket in use: its record, its object, and its progress under a short-held mutex.
+pub struct LiveTicket {
+    pub record: TicketRecord,
+    pub object: Arc<ServedObject>,
+    progress: Mutex<Progress>,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for LiveTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTicket")
+            .field("id", &self.record.id)
+            .finish()
+    }
+}
+
+type Registry = Mutex<HashMap<TicketId, Weak<LiveTicket>>>;
+
+impl Drop for LiveTicket {
+    fn drop(&mut self) {
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = reg.get(&self.record.id) {
+            if w.strong_count() == 0 {
+                reg.remove(&self.record.id);
+            }
+        }
+    }
+}
+
+/// Why a request on a ticket is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 410: completed, revoked, or expired.
+    Gone(&'static str),
+    /// 429: the ticket's concurrent-connection limit is reached.
+    TooManyConnections,
+    /// 403: serving this would exceed the ticket's byte budget.
+    OverBudget,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_ms(ms: Option<u64>) -> serde_json::Value {
+    match ms {
+        Some(ms) => serde_json::Value::from(
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string(),
+        ),
+        None => serde_json::Value::Null,
+    }
+}
+
+impl LiveTicket {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        // Progress updates are single assignments; a panic mid-update cannot leave it torn in
+        // a way that matters more than refusing service would.
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A consistent copy of the ticket's progress.
+    pub fn snapshot(&self) -> (Snapshot, u32) {
+        let p = self.lock();
+        (p.snap.clone(), p.active)
+    }
+
+    /// The state the API should show: a ticket past its expiry (plus grace when started) is
+    /// expired even before the sweeper has recorded it.
+    pub fn effective_state(&self, snap: &Snapshot, now: u64, grace: u64) -> TicketState {
+        match snap.state {
+            TicketState::Issued if now > self.record.expires_at => TicketState::Expired,
+            TicketState::Downloading if now > self.record.expires_at + grace => {
+                TicketState::Expired
+            }
+            s => s,
+        }
+    }
+
+    fn event(&self, kind: &'static str, snap: &Snapshot, node: &str) -> Option<NewEvent> {
+        let url = self.record.callback_url.clone()?;
+        let event_id = crate::webhook::outbox::new_event_id();
+        let mut payload = serde_json::json!({
+            "event": kind,
+            "event_id": event_id,
+            "ticket_id": self.record.id.to_hex(),
+            "component_id": self.record.component_id,
+            "device_id": self.record.device_id,
+            "size": self.object.size,
+            "bytes_sent": snap.bytes_sent,
+            "requests": snap.requests,
+            "first_byte_at": rfc3339_ms(snap.first_byte_at_ms),
+            "node": node,
+            "context": self.record.context,
+        });
+        if kind == "download.completed" {
+            payload["completed_at"] = rfc3339_ms(snap.completed_at_ms);
+            payload["delivery"] = serde_json::Value::from(snap.deliveries);
+        } else {
+            let mut delivered = snap.coverage.clone();
+            delivered.merge(&snap.tentative);
+            payload["ended_at"] = rfc3339_ms(Some(now_ms()));
+            payload["bytes_delivered"] = serde_json::Value::from(delivered.covered());
+            payload["ranges"] = serde_json::to_value(delivered.intervals()).unwrap_or_default();
+        }
+        Some(NewEvent {
+            event_id,
+            kind,
+            url,
+            payload: payload.to_string(),
+        })
+    }
+}
+
+/// One admitted request: counts toward the ticket's connection limit and byte reservation
+/// until dropped, and records what it delivered.
+pub struct RequestGuard {
+    ticket: Arc<LiveTicket>,
+    tickets: Tickets,
+    req: u64,
+    reserved: u64,
+    planned: u64,
+    sent: u64,
+}
+
+impl RequestGuard {
+    /// Records the planned ranges as an intent; the returned receiver resolves once that is
+    /// durable. No body byte may leave before it does.
+    pub fn begin(&self, ranges: &Coverage) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (ack, rx) = oneshot::channel();
+        let op = Op::Begin {
+            ticket: self.ticket.record.id,
+            req: self.req,
+            ranges: ranges.to_text(),
+            ack,
+        };
+        if let Err(e) = self.tickets.inner.writer.send(op) {
+            let (ack, rx) = oneshot::channel();
+            let _ = ack.send(Err(e));
+            return rx;
+        }
+        rx
+    }
+
+    /// Credits object bytes `[start, end)` as written to the connection. If this completes the
+    /// ticket, returns a receiver that resolves once the completion (and its callback event) is
+    /// durable; the response must not end before that.
+    pub fn credit(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+        let n = end.saturating_sub(start);
+        self.sent += n;
+        let finished = self.sent >= self.planned;
+        let now = now_ms();
+        let t = &self.ticket;
+        let mut p = t.lock();
+        p.snap.bytes_sent += n;
+        if n > 0 {
+            p.snap.first_byte_at_ms.get_or_insert(now);
+            p.snap.last_byte_at_ms = Some(now);
+        }
+        p.snap.coverage.insert(start, end);
+        if p.snap.state != TicketState::Downloading {
+            // Completed (or revoked) while this response was in flight: it finishes normally
+            // but cannot complete the ticket a second time.
+            return None;
+        }
+        let size = t.object.size;
+        let whole = if p.snap.tentative.is_empty() {
+            p.snap.coverage.covers(size) && (size > 0 || finished)
+        } else {
+            // After an unclean stop, bytes of interrupted responses may or may not have
+            // arrived. A device resumes from what it really has, so the object counts as
+            // delivered once known + maybe-delivered bytes cover it *and* a response since
+            // the restart has run to its end.
+            let mut union = p.snap.coverage.clone();
+            union.merge(&p.snap.tentative);
+            finished && union.covers(size)
+        };
+        if !whole {
+            return None;
+        }
+        p.snap.deliveries += 1;
+        p.snap.completed_at_ms = Some(now);
+        let event = t.event(
+            "download.completed",
+            &p.snap,
+            &self.tickets.inner.policy.node,
+        );
+        if p.snap.deliveries >= t.record.max_deliveries {
+            p.snap.state = TicketState::Completed;
+        } else {
+            // A multi-delivery ticket starts its next delivery from scratch.
+            p.snap.coverage = Coverage::new();
+            p.snap.tentative = Coverage::new();
+        }
+        let snapshot = Box::new(p.snap.clone());
+        let (ack, rx) = oneshot::channel();
+        // Sent while holding the lock so the writer sees snapshots in the order they were taken.
+        let sent = self.tickets.inner.writer.send(Op::Transition {
+            ticket: t.record.id,
+            snapshot,
+            event,
+            ack: Some(ack),
+        });
+        drop(p);
+        if sent.is_err() {
+            tracing::error!("ticket writer gone; completion not persisted");
+        }
+        self.tickets
+            .inner
+            .metrics
+            .tickets_completed
+            .fetch_add(1, Ordering::Relaxed);
+        Some(rx)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let t = &self.ticket;
+        let mut p = t.lock();
+        p.active = p.active.saturating_sub(1);
+        p.reserved_bytes = p.reserved_bytes.saturating_sub(self.reserved);
+        let snapshot = Box::new(p.snap.clone());
+        let _ = self.tickets.inner.writer.send(Op::End {
+            ticket: t.record.id,
+            req: self.req,
+            snapshot,
+        });
+    }
+}
+
+/// `POST /v1/tickets` request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    pub component: String,
+    pub ttl_secs: Option<u64>,
+    pub device_id: Option<String>,
+    pub callback_url: Option<String>,
+    pub context: Option<serde_json::Value>,
+    /// Complete deliveries allowed (default 1: the one-time URL).
+    pub max_deliveries: Option<u32>,
+    /// Concurrent requests allowed on this ticket.
+    pub max_connections: Option<u32>,
+    /// Total bytes that may be sent for this ticket, re-sent overlap included.
+    pub max_bytes: Option<u64>,
+}
+
+/// `POST /v1/tickets` response body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Minted {
+    pub id: String,
+    pub url: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    pub expires_at_unix: u64,
+    pub size: u64,
+    pub blake3: String,
+    pub sha256: String,
+}
+
+/// Settings of the ticket service.
+#[derive(Clone, Debug)]
+pub struct TicketPolicy {
+    pub public_url: String,
+    pub node: String,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    /// Seconds after expiry during which a started ticket may still be resumed.
+    pub grace: u64,
+    /// Hosts callback URLs may point at; `*` allows any.
+    pub callback_allow_hosts: Vec<String>,
+}
+
+struct Inner {
+    store: Store,
+    keyring: Keyring,
+    policy: TicketPolicy,
+    writer: Writer,
+    live: moka::sync::Cache<TicketId, Arc<LiveTicket>>,
+    objects: moka::sync::Cache<String, Arc<ServedObject>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    next_req: AtomicU64,
+}
+
+/// Ticket minting, lookup and lifecycle. Cheap to clone.
+#[derive(Clone)]
+pub struct Tickets {
+    inner: Arc<Inner>,
+}
+
+/// Cache-miss marker for moka's single-flight loader.
+#[derive(Debug)]
+enum LoadMiss {
+    NotFound,
+    Failed(String),
+}
+
+impl Tickets {
+    pub fn new(
+        store: Store,
+        keyring: Keyring,
+        policy: TicketPolicy,
+        writer: Writer,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                keyring,
+                policy,
+                writer,
+                live: moka::sync::Cache::builder()
+                    .max_capacity(1_000_000)
+                    .time_to_idle(std::time::Duration::from_secs(3600))
+                    .support_invalidation_closures()
+                    .build(),
+                objects: moka::sync::Cache::builder().max_capacity(100_000).build(),
+                registry: Arc::new(Mutex::new(HashMap::new())),
+                metrics,
+                next_req: AtomicU64::new(rand::random::<u32>() as u64),
+            }),
+        }
+    }
+
+    pub fn policy(&self) -> &TicketPolicy {
+        &self.inner.policy
+    }
+
+    fn served(&self, meta: &ComponentMeta) -> Result<Arc<ServedObject>, CorruptMeta> {
+        if let Some(o) = self.inner.objects.get(&meta.id) {
+            return Ok(o);
+        }
+        let o = Arc::new(ServedObject::new(
+            meta,
+            self.inner.store.object_path(&meta.id),
+        )?);
+        self.inner.objects.insert(meta.id.clone(), o.clone());
+        Ok(o)
+    }
+
+    fn adopt(
+        &self,
+        record: TicketRecord,
+        snap: Snapshot,
+        object: Arc<ServedObject>,
+    ) -> Arc<LiveTicket> {
+        let id = record.id;
+        let t = Arc::new(LiveTicket {
+            record,
+            object,
+            progress: Mutex::new(Progress {
+                snap,
+                active: 0,
+                reserved_bytes: 0,
+            }),
+            registry: self.inner.registry.clone(),
+        });
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::downgrade(&t));
+        t
+    }
+
+    fn validate_callback(&self, url: &str) -> Result<(), TicketError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| TicketError::BadRequest(format!("callback_url is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(TicketError::BadRequest(
+                "callback_url must be http:// or https://".into(),
+            ));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| TicketError::BadRequest("callback_url has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let allowed = self
+            .inner
+            .policy
+            .callback_allow_hosts
+            .iter()
+            .any(|h| h == "*" || h.eq_ignore_ascii_case(&host));
+        if !allowed {
+            return Err(TicketError::CallbackHostNotAllowed(host));
+        }
+        Ok(())
+    }
+
+    /// Mints a ticket and its URL; returns once the ticket is durable.
+    pub async fn mint(&self, req: MintRequest, now: u64) -> Result<Minted, TicketError> {
+        let policy = &self.inner.policy;
+        let ttl = req.ttl_secs.unwrap_or(policy.default_ttl);
+        if ttl == 0 || ttl > policy.max_ttl {
+            return Err(TicketError::BadTtl {
+                got: ttl,
+                max: policy.max_ttl,
+            });
+        }
+        if let Some(d) = &req.device_id {
+            if d.is_empty() || d.chars().count() > 200 || d.chars().any(char::is_control) {
+                return Err(TicketError::BadRequest(
+                    "device_id must be 1-200 printable characters".into(),
+                ));
+            }
+        }
+        if let Some(url) = &req.callback_url {
+            self.validate_callback(url)?;
+        }
+        if let Some(ctx) = &req.context {
+            if ctx.to_string().len() > 4096 {
+                return Err(TicketError::BadRequest(
+                    "context must serialize to at most 4096 bytes".into(),
+                ));
+            }
+        }
+        let max_deliveries = req.max_deliveries.unwrap_or(1);
+        if max_deliveries == 0 {
+            return Err(TicketError::BadRequest(
+                "max_deliveries must be at least 1".into(),
+            ));
+        }
+        if req.max_connections == Some(0) {
+            return Err(TicketError::BadRequest(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        let expires_at = (now + ttl).min(u64::from(u32::MAX));
+        let component = req.component.clone();
+        let meta = self
+            .inner
+            .store
+            .run(move |s| s.component(&component))
+            .await?
+            .ok_or_else(|| TicketError::UnknownComponent(req.component.clone()))?;
+        if let Some(b) = req.max_bytes {
+            if b < meta.size {
+                return Err(TicketError::BadRequest(format!(
+                    "max_bytes ({b}) is smaller than the component ({} bytes): it could never complete",
+                    meta.size
+                )));
+            }
+        }
+        let object = self.served(&meta)?;
+        let record = TicketRecord {
+            id: TicketId::random(),
+            component_id: meta.id.clone(),
+            device_id: req.device_id,
+            created_at: now,
+            expires_at,
+            callback_url: req.callback_url,
+            context: req.context,
+            max_deliveries,
+            max_connections: req.max_connections,
+            max_bytes: req.max_bytes,
+        };
+        let id = record.id;
+        let (ack, rx) = oneshot::channel();
+        self.inner.writer.send(Op::Mint {
+            record: Box::new(record.clone()),
+            ack,
+        })?;
+        rx.await.map_err(|_| StoreError::WorkerGone)??;
+        let live = self.adopt(record, Snapshot::default(), object);
+        self.inner.live.insert(id, live);
+        self.inner
+            .metrics
+            .tickets_minted
+            .fetch_add(1, Ordering::Relaxed);
+        let token = self.inner.keyring.mint(id, expires_at as u32);
+        Ok(Minted {
+            id: id.to_hex(),
+            url: format!("{}/d/{}", policy.public_url.trim_end_matches('/'), token),
+            expires_at: humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
+            )
+            .to_string(),
+            expires_at_unix: expires_at,
+            size: meta.size,
+            blake3: meta.blake3,
+            sha256: meta.sha256,
+        })
+    }
+
+    /// The one live copy of ticket `id`, from the cache, the registry, or storage.
+    pub async fn lookup(&self, id: TicketId) -> Result<Option<Arc<LiveTicket>>, TicketError> {
+        if let Some(t) = self.inner.live.get(&id) {
+            return Ok(Some(t));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.lookup_blocking(id))
+            .await
+            .map_err(|_| StoreError::WorkerGone)?
+    }
+
+    fn lookup_blocking(&self, id: TicketId) -> Result<Option<Arc<LiveTicket>>, TicketError> {
+        // moka runs one loader per key at a time: concurrent misses share one load.
+        let got = self.inner.live.try_get_with(id, || self.load_blocking(id));
+        match got {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => match &*e {
+                LoadMiss::NotFound => Ok(None),
+                LoadMiss::Failed(msg) => Err(TicketError::Store(StoreError::Io {
+                    path: "ticket store".into(),
+                    source: std::io::Error::other(msg.clone()),
+                })),
+            },
+        }
+    }
+
+    fn load_blocking(&self, id: TicketId) -> Result<Arc<LiveTicket>, LoadMiss> {
+        let existing = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(Weak::upgrade);
+        if let Some(t) = existing {
+            return Ok(t);
+        }
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner
+            .writer
+            .send(Op::Load { ticket: id, reply })
+            .map_err(|e| LoadMiss::Failed(e.to_string()))?;
+        let loaded = rx
+            .recv()
+            .map_err(|_| LoadMiss::Failed("ticket writer stopped".into()))?
+            .map_err(|e| LoadMiss::Failed(e.to_string()))?
+            .ok_or(LoadMiss::NotFound)?;
+        let component = loaded.record.component_id.clone();
+        let meta = self
+            .inner
+            .store
+            .component(&component)
+            .map_err(|e| LoadMiss::Failed(e.to_string()))?
+            .ok_or(LoadMiss::NotFound)?;
+        let object = self
+            .served(&meta)
+            .map_err(|e| LoadMiss::Failed(e.to_string()))?;
+        Ok(self.adopt(loaded.record, loaded.snapshot, object))
+    }
+
+    /// Admits a request on `t` for `len` body bytes (`token_expired`: the URL's expiry has
+    /// passed, which only a started ticket inside its grace period survives).
+    pub fn admit(
+        &self,
+        t: &Arc<LiveTicket>,
+        len: u64,
+        token_expired: bool,
+        now: u64,
+    ) -> Result<RequestGuard, Refusal> {
+        let mut p = t.lock();
+        match p.snap.state {
+            TicketState::Completed => {
+                return Err(Refusal::Gone("this download URL has already been used"))
+            }
+            TicketState::Revoked => return Err(Refusal::Gone("this download URL was revoked")),
+            TicketState::Expired => return Err(Refusal::Gone("this download URL has expired")),
+            TicketState::Issued if token_expired => {
+                return Err(Refusal::Gone("this download URL has expired"))
+            }
+            TicketState::Downloading
+                if token_expired && now > t.record.expires_at + self.inner.policy.grace =>
+            {
+                return Err(Refusal::Gone("this download URL has expired"))
+            }
+            _ => {}
+        }
+        if let Some(max) = t.record.max_connections {
+            if p.active >= max {
+                return Err(Refusal::TooManyConnections);
+            }
+        }
+        if let Some(max) = t.record.max_bytes {
+            if p.snap.bytes_sent + p.reserved_bytes + len > max {
+                return Err(Refusal::OverBudget);
+            }
+        }
+        p.active += 1;
+        p.reserved_bytes += len;
+        p.snap.requests += 1;
+        p.snap.state = TicketState::Downloading;
+        drop(p);
+        Ok(RequestGuard {
+            ticket: t.clone(),
+            tickets: self.clone(),
+            req: self.inner.next_req.fetch_add(1, Ordering::Relaxed),
+            reserved: len,
+            planned: len,
+            sent: 0,
+        })
+    }
+
+    /// Checks, without admitting, whether a bodiless request (HEAD, 304, 416) may be answered.
+    pub fn check(&self, t: &LiveTicket, token_expired: bool, now: u64) -> Result<(), Refusal> {
+        let p = t.lock();
+        match p.snap.state {
+            TicketState::Completed | TicketState::Revoked | TicketState::Expired => {
+                Err(Refusal::Gone("this download URL is no longer valid"))
+            }
+            TicketState::Issued if token_expired => {
+                Err(Refusal::Gone("this download URL has expired"))
+            }
+            TicketState::Downloading
+                if token_expired && now > t.record.expires_at + self.inner.policy.grace =>
+            {
+                Err(Refusal::Gone("this download URL has expired"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends a ticket without completion (revoked, or expired), persisting the change with its
+    /// callback event. `only_if_due` (the sweeper) leaves a ticket alone that is not past its
+    /// deadline or still has a response in flight.
+    async fn end(
+        &self,
+        id: TicketId,
+        to: TicketState,
+        now: u64,
+        only_if_due: bool,
+    ) -> Result<Option<Snapshot>, TicketError> {
+        let Some(t) = self.lookup(id).await? else {
+            return Ok(None);
+        };
+        let (ack, rx) = oneshot::channel();
+        let snap = {
+            let mut p = t.lock();
+            if p.snap.state.is_final() {
+                if only_if_due {
+                    return Ok(None);
+                }
+                return Err(TicketError::AlreadyEnded(p.snap.state));
+            }
+            if only_if_due {
+                let due = t.effective_state(&p.snap, now, self.inner.policy.grace)
+                    == TicketState::Expired;
+                if !due || p.active > 0 {
+                    return Ok(None);
+                }
+            }
+            p.snap.state = to;
+            let kind = if to == TicketState::Revoked {
+                "download.revoked"
+            } else {
+                "download.expired"
+            };
+            let event = t.event(kind, &p.snap, &self.inner.policy.node);
+            let snap = p.snap.clone();
+            self.inner.writer.send(Op::Transition {
+                ticket: id,
+                snapshot: Box::new(snap.clone()),
+                event,
+                ack: Some(ack),
+            })?;
+            snap
+        };
+        rx.await.map_err(|_| StoreError::WorkerGone)??;
+        Ok(Some(snap))
+    }
+
+    /// Revokes a ticket: 410 from now on; a `download.revoked` callback if it has a callback URL.
+    pub async fn revoke(&self, id: TicketId, now: u64) -> Result<Option<Snapshot>, TicketError> {
+        self.end(id, TicketState::Revoked, now, false).await
+    }
+
+    /// Expires every ticket past its deadline (the sweeper's pass). Returns how many.
+    pub async fn expire_due(&self, now: u64) -> Result<usize, TicketError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.writer.send(Op::ExpiryCandidates {
+            now,
+            grace: self.inner.policy.grace,
+            reply,
+        })?;
+        let ids = rx.await.map_err(|_| StoreError::WorkerGone)?;
+        let mut n = 0;
+        for id in ids {
+            if self
+                .end(id, TicketState::Expired, now, true)
+                .await?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Forgets cached state of a deleted component.
+    pub fn forget_component(&self, id: &str) {
+        self.inner.objects.invalidate(id);
+        let id = id.to_string();
+        let _ = self
+            .inner
+            .live
+            .invalidate_entries_if(move |_, t| t.object.id == id);
+    }
+}
