@@ -53,9 +53,10 @@ pub enum TicketError {
 }
 
 /// Ticket lifecycle states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketState {
+    #[default]
     Issued,
     Downloading,
     Completed,
@@ -127,12 +128,6 @@ pub struct Snapshot {
     pub coverage: Coverage,
     /// Ranges of responses in flight when the node last stopped uncleanly: maybe delivered.
     pub tentative: Coverage,
-}
-
-impl Default for TicketState {
-    fn default() -> Self {
-        TicketState::Issued
-    }
 }
 
 #[derive(Debug)]

@@ -113,7 +113,7 @@ enum Reply {
     Ack(Ack),
     Load(
         mpsc::SyncSender<Result<Option<Loaded>, StoreError>>,
-        Option<Loaded>,
+        Option<Box<Loaded>>,
     ),
     Ids(oneshot::Sender<Vec<TicketId>>, Vec<TicketId>),
 }
@@ -225,7 +225,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, wake: Arc<Notify>) {
                             let _ = a.send(Ok(()));
                         }
                         Reply::Load(s, v) => {
-                            let _ = s.send(Ok(v));
+                            let _ = s.send(Ok(v.map(|b| *b)));
                         }
                         Reply::Ids(s, v) => {
                             let _ = s.send(v);
@@ -303,7 +303,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> Result<Reply, StoreError> {
             }
             ack.map_or(Reply::None, Reply::Ack)
         }
-        Op::Load { ticket, reply } => Reply::Load(reply, load(tx, ticket)?),
+        Op::Load { ticket, reply } => Reply::Load(reply, load(tx, ticket)?.map(Box::new)),
         Op::ExpiryCandidates { now, grace, reply } => {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM tickets
