@@ -105,6 +105,8 @@ pub struct DownloadBody {
     pending: Option<JoinHandle<std::io::Result<Bytes>>>,
     remaining: u64,
     tracker: Option<Box<Tracker>>,
+    /// The final frame, held until the completion it caused is durable.
+    held: Option<Result<Frame<Bytes>, std::io::Error>>,
 }
 
 impl DownloadBody {
@@ -117,6 +119,7 @@ impl DownloadBody {
             pending: None,
             remaining: 0,
             tracker: None,
+            held: None,
         }
     }
 
@@ -155,6 +158,7 @@ impl DownloadBody {
             pending: None,
             remaining: end - start,
             tracker: None,
+            held: None,
         }
     }
 
@@ -178,6 +182,7 @@ impl DownloadBody {
             pending: None,
             remaining,
             tracker: None,
+            held: None,
         }
     }
 
@@ -219,6 +224,45 @@ impl DownloadBody {
     }
 }
 
+impl DownloadBody {
+    /// Hands out `frame`, unless it is the last byte-bearing frame of a tracked response:
+    /// that one is credited before it leaves, and if it completes the ticket it is held back
+    /// until the completion (and its callback event) is durable. A device never holds the
+    /// whole object before the node has recorded the delivery.
+    fn release(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, std::io::Error>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            if let Some(t) = self.tracker.as_mut() {
+                t.credit_pending();
+                if t.completion.is_some() {
+                    self.held = frame;
+                    return self.poll_held(cx);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn poll_held(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(t) = self.tracker.as_mut() {
+            if let Some(done) = t.completion.as_mut() {
+                match poll_ack(done, cx, "ticket completion") {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => t.completion = None,
+                }
+            }
+        }
+        Poll::Ready(self.held.take())
+    }
+}
+
 impl http_body::Body for DownloadBody {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -238,6 +282,14 @@ impl http_body::Body for DownloadBody {
             }
             // hyper asks for more only once it has taken the previous frame.
             t.credit_pending();
+            if t.completion.is_some() {
+                // Nothing more leaves before a completion is durable (see `release`).
+                let held = this.poll_held(cx);
+                match held {
+                    Poll::Ready(None) => {}
+                    other => return other,
+                }
+            }
         }
         loop {
             if let Some(handle) = this.pending.as_mut() {
@@ -259,27 +311,15 @@ impl http_body::Body for DownloadBody {
                     (Some(Segment::Span { pos, .. }), Some(src)) => pos / src.cache.chunk_size(),
                     _ => return Poll::Ready(None),
                 };
-                return Poll::Ready(this.emit(chunk, index));
+                let frame = this.emit(chunk, index);
+                return this.release(frame, cx);
             }
             match this.current.take() {
-                None => {
-                    if let Some(t) = this.tracker.as_mut() {
-                        if let Some(done) = t.completion.as_mut() {
-                            // The device must not see the end of the response before the
-                            // node has durably recorded that the ticket is complete.
-                            match poll_ack(done, cx, "ticket completion") {
-                                Poll::Pending => return Poll::Pending,
-                                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                                Poll::Ready(Ok(())) => t.completion = None,
-                            }
-                        }
-                    }
-                    return Poll::Ready(None);
-                }
+                None => return Poll::Ready(None),
                 Some(Segment::Literal(b)) => {
                     this.remaining -= b.len() as u64;
                     this.advance();
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                    return this.release(Some(Ok(Frame::data(b))), cx);
                 }
                 Some(Segment::Span { pos, end }) if pos >= end => this.advance(),
                 Some(span @ Segment::Span { pos, .. }) => {
@@ -290,7 +330,8 @@ impl http_body::Body for DownloadBody {
                     let index = pos / src.cache.chunk_size();
                     let key = (src.object.blake3, index);
                     if let Some(chunk) = src.cache.get(&key) {
-                        return Poll::Ready(this.emit(chunk, index));
+                        let frame = this.emit(chunk, index);
+                        return this.release(frame, cx);
                     }
                     let cache = src.cache.clone();
                     let object = src.object.clone();
@@ -303,8 +344,13 @@ impl http_body::Body for DownloadBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // A tracked body ends only through `poll_frame`, so the last frame gets credited.
-        self.current.is_none() && self.pending.is_none() && self.tracker.is_none()
+        self.current.is_none()
+            && self.pending.is_none()
+            && self.held.is_none()
+            && self
+                .tracker
+                .as_ref()
+                .is_none_or(|t| t.completion.is_none() && t.uncredited.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
