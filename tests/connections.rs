@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,88 +213,10 @@ async fn tls_1_2_and_1_3_only_and_plain_http_refused_on_the_tls_port() {
     );
 }
 
-/// The real binary as a child process, with its ready line parsed.
-struct Proc {
-    child: Child,
-    dir: tempfile::TempDir,
-    download: String,
-    admin: String,
-}
-
-impl Proc {
-    fn spawn(extra: &[&str]) -> Proc {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("SCOMO_ADS_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = loop {
-            let line = lines.next().expect("ready line").unwrap();
-            if let Some(json) = line.strip_prefix("ready ") {
-                break serde_json::from_str::<serde_json::Value>(json).unwrap();
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Proc {
-            child,
-            dir,
-            download: ready["download"].as_str().unwrap().to_string(),
-            admin: ready["admin"].as_str().unwrap().to_string(),
-        }
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
-    fn cert(&self) -> std::path::PathBuf {
-        self.dir.path().join("tls/cert.pem")
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    fn admin_client(&self) -> scomo_ads::client::AdminClient {
-        let target = scomo_ads::client::AdminTarget::resolve(
-            &format!("https://{}", self.admin),
-            Some(self.token()),
-            self.dir.path(),
-            None,
-        )
-        .unwrap();
-        scomo_ads::client::AdminClient::new(target).unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_responses_then_exits() {
-    let mut p = Proc::spawn(&[]);
+    let home = tempfile::tempdir().unwrap();
+    let mut p = Proc::spawn(home.path(), &[]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.bin");
     let data = pattern(24 << 20, 4);
@@ -330,7 +251,8 @@ async fn sigterm_finishes_in_flight_responses_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_gib_sparse_component_streams_with_flat_memory() {
-    let p = Proc::spawn(&["--cache-mb", "16"]);
+    let home = tempfile::tempdir().unwrap();
+    let p = Proc::spawn(home.path(), &["--cache-mb", "16"]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sparse.bin");
     let size: u64 = 1 << 30;

@@ -64,6 +64,26 @@ impl Metrics {
                 r(&self.tickets_minted),
             ),
             (
+                "scomo_ads_tickets_completed_total",
+                "Complete deliveries.",
+                r(&self.tickets_completed),
+            ),
+            (
+                "scomo_ads_callbacks_delivered_total",
+                "Callbacks delivered.",
+                r(&self.callbacks.delivered),
+            ),
+            (
+                "scomo_ads_callback_failed_attempts_total",
+                "Callback attempts that failed.",
+                r(&self.callbacks.failed_attempts),
+            ),
+            (
+                "scomo_ads_callbacks_dead_total",
+                "Callbacks given up on.",
+                r(&self.callbacks.dead),
+            ),
+            (
                 "scomo_ads_components_published_total",
                 "New components published.",
                 r(&self.components_published),
