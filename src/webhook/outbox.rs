@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at_ms INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
     delivered_at_ms INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    claimed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at_ms);
 ";
@@ -92,6 +93,16 @@ impl Outbox {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // One dispatcher per database: whatever was claimed when the last one stopped was
+        // interrupted mid-attempt and is due again now (not after its lease).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        conn.execute(
+            "UPDATE outbox SET claimed = 0, next_attempt_at_ms = ?1 WHERE claimed = 1 AND state = 'pending'",
+            [now],
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -111,7 +122,7 @@ impl Outbox {
     ) -> Result<Vec<Pending>, OutboxError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "UPDATE outbox SET next_attempt_at_ms = ?1
+            "UPDATE outbox SET next_attempt_at_ms = ?1, claimed = 1
              WHERE event_id IN (SELECT event_id FROM outbox
                                 WHERE state = 'pending' AND next_attempt_at_ms <= ?2
                                 ORDER BY next_attempt_at_ms LIMIT ?3)
@@ -148,7 +159,7 @@ impl Outbox {
 
     pub fn mark_delivered(&self, id: &str, attempts: u32, now_ms: u64) -> Result<(), OutboxError> {
         self.conn().execute(
-            "UPDATE outbox SET state = 'delivered', attempts = ?2, delivered_at_ms = ?3, last_error = NULL
+            "UPDATE outbox SET state = 'delivered', attempts = ?2, delivered_at_ms = ?3, last_error = NULL, claimed = 0
              WHERE event_id = ?1",
             params![id, attempts as i64, now_ms as i64],
         )?;
@@ -163,7 +174,8 @@ impl Outbox {
         error: &str,
     ) -> Result<(), OutboxError> {
         self.conn().execute(
-            "UPDATE outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4 WHERE event_id = ?1",
+            "UPDATE outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4, claimed = 0
+             WHERE event_id = ?1",
             params![id, attempts as i64, next_ms as i64, error],
         )?;
         Ok(())
@@ -171,7 +183,7 @@ impl Outbox {
 
     pub fn mark_dead(&self, id: &str, attempts: u32, error: &str) -> Result<(), OutboxError> {
         self.conn().execute(
-            "UPDATE outbox SET state = 'dead', attempts = ?2, last_error = ?3 WHERE event_id = ?1",
+            "UPDATE outbox SET state = 'dead', attempts = ?2, last_error = ?3, claimed = 0 WHERE event_id = ?1",
             params![id, attempts as i64, error],
         )?;
         Ok(())
@@ -213,5 +225,36 @@ impl Outbox {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_interrupted_by_a_crash_is_due_again_at_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o.sqlite3");
+        let ob = Outbox::open(&db).unwrap();
+        enqueue(&ob.conn(), "evt_1", "k", "http://x/", "{}", 1000).unwrap();
+        let claimed = ob.claim_due(2000, 10_000_000_000_000, 10).unwrap();
+        assert_eq!(claimed.len(), 1);
+        // Leased far into the future: not due again while this dispatcher lives.
+        assert!(ob.claim_due(3000, 4000, 10).unwrap().is_empty());
+        drop(ob);
+        let ob = Outbox::open(&db).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let again = ob.claim_due(now + 1, now + 100, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        ob.mark_delivered("evt_1", 2, now).unwrap();
+        assert!(ob
+            .claim_due(u64::MAX / 2, u64::MAX / 2, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(ob.list(Some("delivered"), 10).unwrap().len(), 1);
     }
 }
