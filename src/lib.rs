@@ -8,6 +8,9 @@
 //!   content-addressed object files; `ads::content` streamed, hash-verified ingest;
 //!   `ads::token` the self-authenticating URL token; `ads::tickets` minting and lookup;
 //!   `ads::cache` the moka chunk cache.
+//! - [`syncml`]: SyncML DM 1.2 wire vocabulary (messages, XML codec, auth, package 0, large
+//!   objects, DM tree); pure, no I/O.
+//! - [`scomo`]: the SCOMO 1.0 model (paths, operations, states, result codes); pure.
 //! - [`net`]: listeners shared by every server: TLS setup, the accept loop with connection cap
 //!   and timeouts, graceful shutdown.
 //! - [`cli`]: clap definitions of every subcommand and flag (no logic).
@@ -24,5 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod net;
+pub mod scomo;
 pub mod secrets;
+pub mod syncml;
 pub mod webhook;
