@@ -352,19 +352,45 @@ fn command(el: &El) -> Result<Command, CodecError> {
     })
 }
 
+/// Decodes only the header: when the body is malformed, a server still needs the session to
+/// answer with a SyncML status instead of dropping the message.
+pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, CodecError> {
+    let root = parse_tree(bytes, limits)?;
+    if root.name != "SyncML" {
+        return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
+    }
+    header(root.child("SyncHdr").ok_or(CodecError::Missing("SyncHdr"))?)
+}
+
 /// Decodes a message under `limits`.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, CodecError> {
     let root = parse_tree(bytes, limits)?;
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }
-    let hdr = root
-        .child("SyncHdr")
-        .ok_or(CodecError::Missing("SyncHdr"))?;
-    let body = root
-        .child("SyncBody")
-        .ok_or(CodecError::Missing("SyncBody"))?;
-    let header = Header {
+    let hdr = root.child("SyncHdr").ok_or(CodecError::Missing("SyncHdr"))?;
+    let body = root.child("SyncBody").ok_or(CodecError::Missing("SyncBody"))?;
+    let header = header(hdr)?;
+    let mut commands = Vec::new();
+    let mut final_ = false;
+    for c in &body.children {
+        if c.name == "Final" {
+            final_ = true;
+        } else {
+            commands.push(command(c)?);
+        }
+    }
+    let m = Message {
+        header,
+        commands,
+        final_,
+    };
+    check_rules(&m)?;
+    Ok(m)
+}
+
+fn header(hdr: &El) -> Result<Header, CodecError> {
+    Ok(Header {
         ver_dtd: req_text(hdr, "VerDTD")?,
         ver_proto: req_text(hdr, "VerProto")?,
         session_id: req_text(hdr, "SessionID")?,
@@ -383,23 +409,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, CodecError> {
             })
             .transpose()?,
         meta: meta(hdr.child("Meta"))?,
-    };
-    let mut commands = Vec::new();
-    let mut final_ = false;
-    for c in &body.children {
-        if c.name == "Final" {
-            final_ = true;
-        } else {
-            commands.push(command(c)?);
-        }
-    }
-    let m = Message {
-        header,
-        commands,
-        final_,
-    };
-    check_rules(&m)?;
-    Ok(m)
+    })
 }
 
 /// The structural rules of OMA-DM-NOTES.md §2 that a decoder can see.

@@ -1,0 +1,360 @@
+//! The DMS's durable state in SQLite: devices (credentials, nonces, what they reported),
+//! the component catalog (bytes kept as content-addressed files), jobs with their timeline,
+//! and the EMI webhook outbox (written in the same transaction as a job's end).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::catalog::Build;
+use crate::syncml::tree::{DevDetail, DevInfo};
+use crate::webhook::outbox;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DmsStoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("file system error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the storage worker stopped")]
+    WorkerGone,
+}
+
+impl From<outbox::OutboxError> for DmsStoreError {
+    fn from(e: outbox::OutboxError) -> Self {
+        match e {
+            outbox::OutboxError::Sqlite(s) => DmsStoreError::Sqlite(s),
+        }
+    }
+}
+
+/// A provisioned device.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    #[serde(skip_serializing)]
+    pub password: String,
+    /// The server's password toward this device (package 0 digest, server credentials).
+    #[serde(skip_serializing)]
+    pub server_password: String,
+    /// `md5` or `basic`.
+    pub auth: String,
+    /// Where package 0 is POSTed.
+    pub notify_url: Option<String>,
+    /// Nonce the device must use in its next MD5 credentials (b64), set by our last Chal.
+    #[serde(skip_serializing)]
+    pub server_nonce: String,
+    /// Nonce we use toward the device (b64), set by the device's last Chal.
+    #[serde(skip_serializing)]
+    pub client_nonce: String,
+    pub devinfo: Option<DevInfo>,
+    pub devdetail: Option<DevDetail>,
+    pub inventory: Option<serde_json::Value>,
+    pub last_session_at_ms: Option<u64>,
+    pub last_notified_at_ms: Option<u64>,
+}
+
+/// Job operations (the EMI's `operation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOp {
+    Download,
+    DownloadInstall,
+    Install,
+    InstallInactive,
+    Remove,
+    Activate,
+    Deactivate,
+    Inventory,
+}
+
+impl JobOp {
+    pub fn is_delivery(self) -> bool {
+        matches!(self, JobOp::Download | JobOp::DownloadInstall)
+    }
+}
+
+/// Job lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed)
+    }
+}
+
+/// One step of a job's timeline, named after the seed flow's steps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub step: String,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub device: String,
+    pub operation: JobOp,
+    pub component: Option<String>,
+    /// `dm`, `alternate` or `auto`.
+    pub delivery: String,
+    /// Alternative flow 2: read DevDetail and the inventory before choosing.
+    pub inventory_first: bool,
+    /// `emi` or `device` (alternative flow 1).
+    pub source: String,
+    pub state: JobState,
+    /// Where the job's engine stands (see `jobs.rs`).
+    pub stage: String,
+    pub result_code: Option<u16>,
+    pub reason: Option<String>,
+    pub chosen_build: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub timeline: Vec<Step>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS builds (
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    final INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs(device, final, created_at_ms);
+";
+
+/// The DMS store. Cheap to clone; methods block (call through [`DmsStore::run`]).
+#[derive(Clone)]
+pub struct DmsStore {
+    conn: Arc<Mutex<Connection>>,
+    catalog_dir: PathBuf,
+    db_path: PathBuf,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl DmsStore {
+    pub fn open(dir: &Path) -> Result<Self, DmsStoreError> {
+        let catalog_dir = dir.join("catalog");
+        std::fs::create_dir_all(&catalog_dir).map_err(|source| DmsStoreError::Io {
+            path: catalog_dir.clone(),
+            source,
+        })?;
+        let db_path = dir.join("dms.sqlite3");
+        let conn = Connection::open(&db_path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(outbox::SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            catalog_dir,
+            db_path,
+        })
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    pub fn catalog_dir(&self) -> &Path {
+        &self.catalog_dir
+    }
+
+    /// Where a build's bytes are kept.
+    pub fn build_path(&self, id: &str) -> PathBuf {
+        self.catalog_dir.join(id)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs blocking store work on the blocking pool.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, DmsStoreError>
+    where
+        F: FnOnce(&DmsStore) -> Result<R, DmsStoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|_| DmsStoreError::WorkerGone)?
+    }
+
+    pub fn put_device(&self, d: &Device) -> Result<(), DmsStoreError> {
+        // Secrets are stored (the DMS must know them to verify digests), just never serialized
+        // into API answers: a private struct carries them into the row.
+        #[derive(Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            d: &'a Device,
+            password: &'a str,
+            server_password: &'a str,
+            server_nonce: &'a str,
+            client_nonce: &'a str,
+        }
+        let json = serde_json::to_string(&Row {
+            d,
+            password: &d.password,
+            server_password: &d.server_password,
+            server_nonce: &d.server_nonce,
+            client_nonce: &d.client_nonce,
+        })?;
+        self.conn().execute(
+            "INSERT INTO devices (id, json) VALUES (?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET json = excluded.json",
+            params![d.id, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn device(&self, id: &str) -> Result<Option<Device>, DmsStoreError> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT json FROM devices WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    /// Reads, changes and writes a device in one transaction.
+    pub fn update_device(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Device),
+    ) -> Result<Option<Device>, DmsStoreError> {
+        let Some(mut d) = self.device(id)? else {
+            return Ok(None);
+        };
+        f(&mut d);
+        self.put_device(&d)?;
+        Ok(Some(d))
+    }
+
+    pub fn put_build(&self, b: &Build) -> Result<(), DmsStoreError> {
+        self.conn().execute(
+            "INSERT INTO builds (id, name, version, json) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name, version) DO UPDATE SET id = excluded.id, json = excluded.json",
+            params![b.id, b.name, b.version, serde_json::to_string(b)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn builds(&self) -> Result<Vec<Build>, DmsStoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT json FROM builds ORDER BY name, version")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for j in rows {
+            out.push(serde_json::from_str(&j?)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_job(&self, j: &Job) -> Result<(), DmsStoreError> {
+        self.conn().execute(
+            "INSERT INTO jobs (id, device, final, created_at_ms, json) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET final = excluded.final, json = excluded.json",
+            params![
+                j.id,
+                j.device,
+                j.state.is_final() as i64,
+                j.created_at_ms as i64,
+                serde_json::to_string(j)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Saves a finished job and, if the EMI is configured, its webhook event, atomically.
+    pub fn finish_job(&self, j: &Job, emi_url: Option<&str>) -> Result<(), DmsStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE jobs SET final = 1, json = ?2 WHERE id = ?1",
+            params![j.id, serde_json::to_string(j)?],
+        )?;
+        if let Some(url) = emi_url {
+            let event_id = outbox::new_event_id();
+            let kind = if j.state == JobState::Succeeded {
+                "job.succeeded"
+            } else {
+                "job.failed"
+            };
+            let payload = serde_json::json!({
+                "event": kind,
+                "event_id": event_id,
+                "job": j,
+            });
+            outbox::enqueue(&tx, &event_id, kind, url, &payload.to_string(), now_ms())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<Job>, DmsStoreError> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT json FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    /// The device's open jobs, oldest first.
+    pub fn open_jobs(&self, device: &str) -> Result<Vec<Job>, DmsStoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT json FROM jobs WHERE device = ?1 AND final = 0 ORDER BY created_at_ms, id",
+        )?;
+        let rows = stmt.query_map([device], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for j in rows {
+            out.push(serde_json::from_str(&j?)?);
+        }
+        Ok(out)
+    }
+
+    /// Devices with open jobs.
+    pub fn devices_with_open_jobs(&self) -> Result<Vec<String>, DmsStoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT DISTINCT device FROM jobs WHERE final = 0")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
