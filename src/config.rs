@@ -40,6 +40,79 @@ impl std::fmt::Debug for Secret {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub ads: AdsConfig,
+    pub dms: DmsConfig,
+}
+
+/// The DMS's settings (`[dms]` in the TOML file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DmsConfig {
+    /// Data directory: SQLite, catalog bytes, generated secrets and certificate.
+    pub data_dir: PathBuf,
+    /// HTTPS listener for devices (`POST /dm`).
+    pub listen: SocketAddr,
+    /// Optional plain-HTTP listener for devices (many field clients use it).
+    pub http_listen: Option<SocketAddr>,
+    /// HTTPS listener for the EMI API.
+    pub api_listen: SocketAddr,
+    /// The DM URL devices are given (default: `https://<listen>/dm`).
+    pub public_url: Option<String>,
+    /// Our server identifier (package 0, credentials).
+    pub server_id: String,
+    /// PEM certificate chain; with `tls_key`. Default: generated into `data_dir/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Accept `syncml:auth-basic` from devices provisioned with it.
+    pub allow_basic_auth: bool,
+    /// A session idle this long is dropped (its job resumes in the next session).
+    pub session_timeout_secs: u64,
+    /// Devices with work waiting and no session are notified again after this long.
+    pub renotify_secs: u64,
+    /// Where job-end webhooks go (none: no webhooks).
+    pub emi_webhook_url: Option<String>,
+    /// Largest SyncML message accepted from a device.
+    pub max_message_bytes: usize,
+    /// Largest component accepted into the catalog.
+    pub max_component_bytes: u64,
+    /// Delivery when a job does not say (`dm`, `alternate`, `auto`).
+    pub default_delivery: String,
+    /// Webhook retry policy (see the ADS keys of the same names).
+    pub webhook_backoff_base_ms: u64,
+    pub webhook_backoff_cap_secs: u64,
+    pub webhook_horizon_secs: u64,
+    /// EMI API bearer token; from `SCOMO_DMS_API_TOKEN`, else `data_dir/api.token`.
+    #[serde(skip)]
+    pub api_token: Option<Secret>,
+    /// EMI webhook secret (`whsec_…`); from `SCOMO_DMS_EMI_SECRET`, else `data_dir/emi.secret`.
+    #[serde(skip)]
+    pub emi_secret: Option<Secret>,
+}
+
+impl Default for DmsConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data/dms"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8445)),
+            http_listen: None,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8446)),
+            public_url: None,
+            server_id: "scomo-ads-dms".into(),
+            tls_cert: None,
+            tls_key: None,
+            allow_basic_auth: false,
+            session_timeout_secs: 120,
+            renotify_secs: 60,
+            emi_webhook_url: None,
+            max_message_bytes: 1 << 20,
+            max_component_bytes: 256 << 20,
+            default_delivery: "dm".into(),
+            webhook_backoff_base_ms: 1000,
+            webhook_backoff_cap_secs: 3600,
+            webhook_horizon_secs: 3 * 24 * 3600,
+            api_token: None,
+            emi_secret: None,
+        }
+    }
 }
 
 /// The ADS node's settings (`[ads]` in the TOML file).

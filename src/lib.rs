@@ -11,6 +11,8 @@
 //! - [`syncml`]: SyncML DM 1.2 wire vocabulary (messages, XML codec, auth, package 0, large
 //!   objects, DM tree); pure, no I/O.
 //! - [`scomo`]: the SCOMO 1.0 model (paths, operations, states, result codes); pure.
+//! - [`device`]: the device agent: DM client, SCOMO tree, simulated operations, package 0 listener.
+//! - [`dms`]: the minimal OMA DM server: session engine, jobs, catalog, EMI API, package 0.
 //! - [`net`]: listeners shared by every server: TLS setup, the accept loop with connection cap
 //!   and timeouts, graceful shutdown.
 //! - [`cli`]: clap definitions of every subcommand and flag (no logic).
@@ -26,6 +28,8 @@ pub mod ads;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod device;
+pub mod dms;
 pub mod net;
 pub mod scomo;
 pub mod secrets;

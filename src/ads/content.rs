@@ -46,15 +46,58 @@ pub struct UploadInfo {
     pub declared_len: Option<u64>,
 }
 
-/// Removes the temp file unless the upload was published (on error, or if the request future
-/// is dropped because the client went away).
-struct TempFile(Option<PathBuf>);
+/// A temp file removed on drop unless persisted (on error, or if the request future is
+/// dropped because the client went away).
+pub struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.0.as_deref()
+    }
+
+    /// Moves the file to `dest` (same file system) and makes the rename durable.
+    pub fn persist(mut self, dest: &std::path::Path) -> std::io::Result<()> {
+        let Some(src) = self.0.take() else {
+            return Ok(());
+        };
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if let Err(e) = std::fs::rename(&src, dest) {
+            self.0 = Some(src);
+            return Err(e);
+        }
+        if let Some(dir) = dest.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the guard from deleting the file (someone else took it over).
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// A fully received, fsynced body in a temp file, with its digests.
+pub struct Received {
+    pub temp: TempFile,
+    pub size: u64,
+    pub blake3: blake3::Hash,
+    pub sha256: [u8; 32],
+}
+
+impl Received {
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -109,34 +152,25 @@ impl Writer {
     }
 }
 
-/// Streams `body` into the store and publishes it. Returns the metadata and whether the
-/// component is new (false: the same bytes were already published; no second copy is kept).
-pub async fn ingest<S, E>(
-    store: &Store,
-    info: UploadInfo,
+/// Streams `body` into a temp file under `tmp_dir`, hashing as it goes, enforcing `max_bytes`
+/// and the declared length; fsyncs it. The temp file is removed again unless persisted.
+pub async fn receive<S, E>(
+    tmp_dir: &std::path::Path,
+    declared_len: Option<u64>,
     max_bytes: u64,
-    now_unix: u64,
     body: S,
-) -> Result<(ComponentMeta, bool), IngestError>
+) -> Result<Received, IngestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    if !valid_label(&info.name) {
-        return Err(IngestError::BadParameter("name"));
-    }
-    if !valid_label(&info.version) {
-        return Err(IngestError::BadParameter("version"));
-    }
-    if let Some(declared) = info.declared_len {
+    if let Some(declared) = declared_len {
         if declared > max_bytes {
             return Err(IngestError::TooLarge { limit: max_bytes });
         }
     }
-    let temp_path = store
-        .tmp_dir()
-        .join(format!("upload-{:032x}", rand::random::<u128>()));
-    let mut guard = TempFile(Some(temp_path.clone()));
+    let temp_path = tmp_dir.join(format!("upload-{:032x}", rand::random::<u128>()));
+    let guard = TempFile(Some(temp_path.clone()));
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -159,7 +193,7 @@ where
                 if received > max_bytes {
                     return Err(IngestError::TooLarge { limit: max_bytes });
                 }
-                if let Some(declared) = info.declared_len {
+                if let Some(declared) = declared_len {
                     if received > declared {
                         return Err(IngestError::LengthMismatch { declared, received });
                     }
@@ -194,7 +228,7 @@ where
             break;
         }
     }
-    if let Some(declared) = info.declared_len {
+    if let Some(declared) = declared_len {
         if received != declared {
             return Err(IngestError::LengthMismatch { declared, received });
         }
@@ -207,8 +241,40 @@ where
         .await
         .map_err(|_| IngestError::Store(StoreError::WorkerGone))?
         .map_err(io_to_ingest)?;
+    Ok(Received {
+        temp: guard,
+        size: received,
+        blake3,
+        sha256: sha256.into(),
+    })
+}
 
-    let id = blake3.to_hex().to_string();
+/// Streams `body` into the store and publishes it. Returns the metadata and whether the
+/// component is new (false: the same bytes were already published; no second copy is kept).
+pub async fn ingest<S, E>(
+    store: &Store,
+    info: UploadInfo,
+    max_bytes: u64,
+    now_unix: u64,
+    body: S,
+) -> Result<(ComponentMeta, bool), IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    if !valid_label(&info.name) {
+        return Err(IngestError::BadParameter("name"));
+    }
+    if !valid_label(&info.version) {
+        return Err(IngestError::BadParameter("version"));
+    }
+    let received = receive(store.tmp_dir(), info.declared_len, max_bytes, body).await?;
+    let id = received.blake3.to_hex().to_string();
+    let sha256 = received.sha256_hex();
+    let received_len = received.size;
+    let mut guard = received.temp;
+    let temp_path = guard.path().map(|p| p.to_path_buf()).unwrap_or_default();
+
     let filename = sanitize_filename(
         info.filename
             .as_deref()
@@ -220,8 +286,8 @@ where
         name: info.name,
         version: info.version,
         filename,
-        size: received,
-        sha256: sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        size: received_len,
+        sha256,
         created_at: now_unix,
     };
     let temp_for_publish = temp_path.clone();
@@ -229,7 +295,7 @@ where
         .run(move |s| s.publish(&temp_for_publish, meta))
         .await?;
     // Published (renamed away) or discarded as a duplicate: nothing left to clean up.
-    guard.0 = None;
+    guard.disarm();
     Ok(result)
 }
 

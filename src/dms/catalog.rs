@@ -137,18 +137,30 @@ mod tests {
             fw_v: "5.2".into(),
             ..DevDetail::default()
         };
-        assert_eq!(choose(&builds, "fw", &info, Some(&detail)).unwrap().version, "3.0");
+        assert_eq!(
+            choose(&builds, "fw", &info, Some(&detail)).unwrap().version,
+            "3.0"
+        );
         let old = DevDetail {
             fw_v: "4.0".into(),
             ..DevDetail::default()
         };
-        assert_eq!(choose(&builds, "fw", &info, Some(&old)).unwrap().version, "1.10");
+        assert_eq!(
+            choose(&builds, "fw", &info, Some(&old)).unwrap().version,
+            "1.10"
+        );
         let other = DevInfo {
             man: "Other".into(),
             model: "M1".into(),
             ..DevInfo::default()
         };
-        assert!(matches!(choose(&builds, "fw", &other, None), Err(NoBuild::NoneFits { .. })));
-        assert!(matches!(choose(&builds, "nope", &info, None), Err(NoBuild::UnknownComponent(_))));
+        assert!(matches!(
+            choose(&builds, "fw", &other, None),
+            Err(NoBuild::NoneFits { .. })
+        ));
+        assert!(matches!(
+            choose(&builds, "nope", &info, None),
+            Err(NoBuild::UnknownComponent(_))
+        ));
     }
 }

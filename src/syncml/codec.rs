@@ -31,7 +31,7 @@ impl Default for Limits {
 }
 
 /// Why a message could not be decoded (each maps to a SyncML or HTTP status upstream).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     #[error("message of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
@@ -359,7 +359,10 @@ pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, CodecError
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }
-    header(root.child("SyncHdr").ok_or(CodecError::Missing("SyncHdr"))?)
+    header(
+        root.child("SyncHdr")
+            .ok_or(CodecError::Missing("SyncHdr"))?,
+    )
 }
 
 /// Decodes a message under `limits`.
@@ -368,8 +371,12 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, CodecError> {
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }
-    let hdr = root.child("SyncHdr").ok_or(CodecError::Missing("SyncHdr"))?;
-    let body = root.child("SyncBody").ok_or(CodecError::Missing("SyncBody"))?;
+    let hdr = root
+        .child("SyncHdr")
+        .ok_or(CodecError::Missing("SyncHdr"))?;
+    let body = root
+        .child("SyncBody")
+        .ok_or(CodecError::Missing("SyncBody"))?;
     let header = header(hdr)?;
     let mut commands = Vec::new();
     let mut final_ = false;

@@ -372,3 +372,215 @@ pub fn verify_signature(secret_file: &Path, a: &Attempt) -> bool {
         .split(' ')
         .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
+
+// ------------------------------------------------------------------ DMS and devices
+
+/// A DMS on loopback with an EMI webhook receiver, plus helpers to drive its API.
+pub struct Dms {
+    pub handle: scomo_ads::dms::DmsHandle,
+    pub dir: tempfile::TempDir,
+    pub emi: Receiver,
+    pub shutdown: CancellationToken,
+}
+
+pub async fn start_dms() -> Dms {
+    start_dms_with(|_| {}).await
+}
+
+pub async fn start_dms_with(tweak: impl FnOnce(&mut scomo_ads::config::DmsConfig)) -> Dms {
+    let dir = tempfile::tempdir().unwrap();
+    let emi = Receiver::start().await;
+    let mut config = scomo_ads::config::DmsConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        emi_webhook_url: Some(emi.url.clone()),
+        webhook_backoff_base_ms: 50,
+        renotify_secs: 2,
+        ..Default::default()
+    };
+    tweak(&mut config);
+    let shutdown = CancellationToken::new();
+    let handle = scomo_ads::dms::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    Dms {
+        handle,
+        dir,
+        emi,
+        shutdown,
+    }
+}
+
+impl Dms {
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{}", self.handle.api_url, path)
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        client(&self.handle.cert_path)
+    }
+
+    pub async fn provision(&self, id: &str, password: &str, notify_url: Option<&str>) {
+        let r = self
+            .client()
+            .put(self.api(&format!("/v1/devices/{id}")))
+            .bearer_auth(&self.handle.api_token)
+            .json(&serde_json::json!({"password": password, "server_password": "srv-secret", "notify_url": notify_url}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn add_component(&self, query: &[(&str, &str)], bytes: Vec<u8>) -> serde_json::Value {
+        let r = self
+            .client()
+            .post(self.api("/v1/components"))
+            .query(query)
+            .bearer_auth(&self.handle.api_token)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    pub async fn create_job(&self, body: serde_json::Value) -> String {
+        let r = self
+            .client()
+            .post(self.api("/v1/jobs"))
+            .bearer_auth(&self.handle.api_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["job_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> serde_json::Value {
+        self.client()
+            .get(self.api(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&self.handle.api_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits for a job to end; returns it.
+    pub async fn wait_job(&self, id: &str, secs: u64) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let j = self.job(id).await;
+            if j["state"] == "succeeded" || j["state"] == "failed" {
+                return j;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("job {id} did not end: {j:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Jobs the DMS knows for a device, through the device record (for device-initiated jobs).
+    pub async fn device(&self, id: &str) -> serde_json::Value {
+        self.client()
+            .get(self.api(&format!("/v1/devices/{id}")))
+            .bearer_auth(&self.handle.api_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// The step names of a job's timeline, in order.
+pub fn steps(job: &serde_json::Value) -> Vec<String> {
+    job["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Asserts `want` appears in `got` in this order (other steps may sit between).
+pub fn assert_in_order(got: &[String], want: &[&str]) {
+    let mut it = got.iter();
+    for w in want {
+        assert!(
+            it.any(|g| g == w),
+            "step {w:?} missing or out of order in {got:?}"
+        );
+    }
+}
+
+/// A device agent against `dms`, listening for package 0 on loopback.
+pub struct Device {
+    pub agent: std::sync::Arc<scomo_ads::device::Agent>,
+    pub notify_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn device_config(
+    dms: &Dms,
+    id: &str,
+    dir: &Path,
+    faults: scomo_ads::device::Faults,
+) -> scomo_ads::device::DeviceConfig {
+    scomo_ads::device::DeviceConfig {
+        id: id.to_string(),
+        password: "dev-secret".into(),
+        server_id: dms.handle.server_id.clone(),
+        server_password: "srv-secret".into(),
+        auth: "md5".into(),
+        dms_url: dms.handle.dm_url.clone(),
+        ca_cert: Some(dms.handle.cert_path.clone()),
+        state_path: dir.join("device.json"),
+        info: scomo_ads::syncml::tree::DevInfo {
+            dev_id: id.to_string(),
+            man: "Acme".into(),
+            model: "Roadrunner".into(),
+            dm_v: "1.2".into(),
+            lang: "en".into(),
+        },
+        detail: scomo_ads::syncml::tree::DevDetail {
+            dev_typ: "modem".into(),
+            oem: "Acme".into(),
+            fw_v: "5.2".into(),
+            sw_v: "1.0".into(),
+            hw_v: "A".into(),
+            lrg_obj: true,
+        },
+        max_msg_size: 16 * 1024,
+        max_obj_size: 4 << 20,
+        faults,
+    }
+}
+
+pub async fn start_device(dms: &Dms, id: &str, faults: scomo_ads::device::Faults) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = scomo_ads::device::Agent::new(device_config(dms, id, dir.path(), faults)).unwrap();
+    let addr = scomo_ads::device::agent::listen_for_notifications(
+        agent.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        dms.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let notify_url = format!("http://{addr}/notify");
+    dms.provision(id, "dev-secret", Some(&notify_url)).await;
+    Device {
+        agent,
+        notify_url,
+        dir,
+    }
+}

@@ -1,0 +1,364 @@
+//! The DMS's HTTP surfaces: `POST /dm` for devices (SyncML DM over HTTP(S)), and the EMI API
+//! (bearer token, JSON): devices, catalog, jobs.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::catalog::Build;
+use super::engine::{new_job, Engine, EngineError};
+use super::notify;
+use super::store::{now_ms, Device, DmsStore, JobOp};
+use crate::ads::content::{self, IngestError};
+
+/// Shared state of the DMS routers.
+pub struct DmsState {
+    pub store: DmsStore,
+    pub engine: Arc<Engine>,
+    pub http: reqwest::Client,
+    pub server_id: String,
+    pub api_token: String,
+    pub max_message_bytes: usize,
+    pub max_component_bytes: u64,
+    pub default_delivery: String,
+}
+
+fn err(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into(), "code": code}))).into_response()
+}
+
+fn storage(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "DMS storage failure");
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "storage",
+        "storage failure; see the DMS log",
+    )
+}
+
+/// The device-facing router (`POST /dm`).
+pub fn dm_router(state: Arc<DmsState>) -> Router {
+    Router::new()
+        .route("/dm", post(dm))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+fn syncml_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let base = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    base == "application/vnd.syncml.dm+xml" || base == "application/vnd.syncml+xml"
+}
+
+async fn dm(State(state): State<Arc<DmsState>>, headers: HeaderMap, body: Body) -> Response {
+    if !syncml_content_type(&headers) {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send application/vnd.syncml.dm+xml\n",
+        )
+            .into_response();
+    }
+    let bytes = match axum::body::to_bytes(body, state.max_message_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "SyncML message too large or cut off\n",
+            )
+                .into_response()
+        }
+    };
+    match state.engine.handle(&bytes).await {
+        Ok(xml) => ([(header::CONTENT_TYPE, crate::syncml::CONTENT_TYPE)], xml).into_response(),
+        Err(EngineError::Undecodable(e)) => (
+            StatusCode::BAD_REQUEST,
+            format!("not a SyncML DM message: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => storage(e),
+    }
+}
+
+/// The EMI router.
+pub fn api_router(state: Arc<DmsState>) -> Router {
+    Router::new()
+        .route("/v1/devices/{id}", put(put_device).get(get_device))
+        .route("/v1/components", post(add_component).get(list_components))
+        .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<Arc<DmsState>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| crate::secrets::ct_eq(t.trim().as_bytes(), state.api_token.as_bytes()));
+    if !ok {
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API token: send Authorization: Bearer <token from DIR/api.token>",
+        );
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceBody {
+    password: String,
+    server_password: Option<String>,
+    auth: Option<String>,
+    notify_url: Option<String>,
+}
+
+/// The nonce both sides start from (four zero bytes, the reset form), before the first Chal.
+pub const INITIAL_NONCE: &str = "AAAAAA==";
+
+async fn put_device(
+    State(state): State<Arc<DmsState>>,
+    Path(id): Path<String>,
+    body: Result<Json<DeviceBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, "bad_json", e.body_text()),
+    };
+    if id.is_empty() || id.len() > 200 || b.password.is_empty() {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "device id and password are required",
+        );
+    }
+    let auth = b.auth.unwrap_or_else(|| "md5".into());
+    if auth != "md5" && auth != "basic" {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "auth must be md5 or basic",
+        );
+    }
+    let res = state
+        .store
+        .run(move |s| {
+            let mut d = s.device(&id)?.unwrap_or_else(|| Device {
+                id: id.clone(),
+                server_nonce: INITIAL_NONCE.into(),
+                client_nonce: INITIAL_NONCE.into(),
+                ..Device::default()
+            });
+            d.password = b.password;
+            d.server_password = b.server_password.unwrap_or_else(|| d.password.clone());
+            d.auth = auth;
+            d.notify_url = b.notify_url;
+            s.put_device(&d)?;
+            Ok(d)
+        })
+        .await;
+    match res {
+        Ok(d) => (StatusCode::OK, Json(d)).into_response(),
+        Err(e) => storage(e),
+    }
+}
+
+async fn get_device(State(state): State<Arc<DmsState>>, Path(id): Path<String>) -> Response {
+    let lookup = id.clone();
+    match state.store.run(move |s| s.device(&lookup)).await {
+        Ok(Some(d)) => Json(d).into_response(),
+        Ok(None) => err(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device {id}"),
+        ),
+        Err(e) => storage(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ComponentQuery {
+    name: Option<String>,
+    version: Option<String>,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    fw_min: Option<String>,
+    fw_max: Option<String>,
+}
+
+async fn add_component(
+    State(state): State<Arc<DmsState>>,
+    Query(q): Query<ComponentQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (Some(name), Some(version)) = (
+        q.name.filter(|n| !n.is_empty()),
+        q.version.filter(|v| !v.is_empty()),
+    ) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            "name and version are required",
+        );
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let tmp = state.store.catalog_dir().join("tmp");
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        return storage(e);
+    }
+    let received = match content::receive(
+        &tmp,
+        declared,
+        state.max_component_bytes,
+        body.into_data_stream(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let status = match e {
+                IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                IngestError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+                IngestError::Io(_) | IngestError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return err(status, "upload", e.to_string());
+        }
+    };
+    let build = Build {
+        id: received.blake3.to_hex().to_string(),
+        name,
+        version,
+        size: received.size,
+        sha256: received.sha256_hex(),
+        manufacturer: q.manufacturer.filter(|s| !s.is_empty()),
+        model: q.model.filter(|s| !s.is_empty()),
+        fw_min: q.fw_min.filter(|s| !s.is_empty()),
+        fw_max: q.fw_max.filter(|s| !s.is_empty()),
+        created_at_ms: now_ms(),
+    };
+    let dest = state.store.build_path(&build.id);
+    if let Err(e) = received.temp.persist(&dest) {
+        return storage(e);
+    }
+    let b = build.clone();
+    match state.store.run(move |s| s.put_build(&b)).await {
+        Ok(()) => (StatusCode::CREATED, Json(build)).into_response(),
+        Err(e) => storage(e),
+    }
+}
+
+async fn list_components(State(state): State<Arc<DmsState>>) -> Response {
+    match state.store.run(|s| s.builds()).await {
+        Ok(b) => Json(json!({"components": b})).into_response(),
+        Err(e) => storage(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobBody {
+    device: String,
+    operation: JobOp,
+    component: Option<String>,
+    delivery: Option<String>,
+    #[serde(default)]
+    inventory_first: bool,
+}
+
+async fn create_job(
+    State(state): State<Arc<DmsState>>,
+    body: Result<Json<JobBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, "bad_json", e.body_text()),
+    };
+    let delivery = b.delivery.unwrap_or_else(|| state.default_delivery.clone());
+    if !matches!(delivery.as_str(), "dm" | "alternate" | "auto") {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "delivery must be dm, alternate or auto",
+        );
+    }
+    if b.operation != JobOp::Inventory && b.component.as_deref().is_none_or(str::is_empty) {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "this operation needs a component",
+        );
+    }
+    let dev = b.device.clone();
+    match state.store.run(move |s| s.device(&dev)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return err(
+                StatusCode::NOT_FOUND,
+                "unknown_device",
+                format!("no device {}", b.device),
+            )
+        }
+        Err(e) => return storage(e),
+    }
+    let mut job = new_job(
+        &b.device,
+        b.operation,
+        b.component,
+        &delivery,
+        b.inventory_first,
+        "emi",
+    );
+    job.timeline.push(super::store::Step {
+        step: "emi_request".into(),
+        at_ms: now_ms(),
+        detail: Some(format!("{:?}", b.operation)),
+    });
+    let j = job.clone();
+    if let Err(e) = state.store.run(move |s| s.put_job(&j)).await {
+        return storage(e);
+    }
+    tracing::info!(job = %job.id, device = %job.device, "job created by the EMI");
+    // Seed step 2: initiate a session (package 0), without holding up the answer.
+    let st = state.clone();
+    let device = job.device.clone();
+    tokio::spawn(async move {
+        let _ = notify::notify(&st.store, &st.engine, &st.http, &st.server_id, &device).await;
+    });
+    (StatusCode::ACCEPTED, Json(json!({"job_id": job.id}))).into_response()
+}
+
+async fn get_job(State(state): State<Arc<DmsState>>, Path(id): Path<String>) -> Response {
+    let lookup = id.clone();
+    match state.store.run(move |s| s.job(&lookup)).await {
+        Ok(Some(j)) => Json(j).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
+        Err(e) => storage(e),
+    }
+}
