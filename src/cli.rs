@@ -18,9 +18,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the ADS node: HTTPS downloads plus the admin API.
     Serve(ServeArgs),
-    /// Run everything on the embedded default (today: the ADS node) and print the endpoints,
-    /// the admin token's location and a copy-paste example.
+    /// Run the ADS and the DMS together on the embedded default and print every endpoint, the
+    /// tokens' locations and copy-paste examples.
     Up(ServeArgs),
+    /// Run the DMS alone.
+    Dms(DmsArgs),
+    /// Run one device agent, or a fleet of them.
+    Device(DeviceArgs),
     /// Publish a component file on an ADS through its admin API.
     Publish(PublishArgs),
     /// Mint a signed download URL for a published component.
@@ -106,4 +110,115 @@ pub struct MintArgs {
     pub device_id: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// Flags of `dms`. Each overrides the same key of the config file's `[dms]` table.
+#[derive(Debug, Args)]
+pub struct DmsArgs {
+    /// Data directory (SQLite, catalog, generated secrets and certificate).
+    #[arg(long, env = "SCOMO_DMS_DATA")]
+    pub data: Option<PathBuf>,
+    /// HTTPS listener for devices (`POST /dm`).
+    #[arg(long, env = "SCOMO_DMS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Optional plain-HTTP listener for devices.
+    #[arg(long, env = "SCOMO_DMS_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// HTTPS listener for the EMI API.
+    #[arg(long, env = "SCOMO_DMS_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// The DM URL given to devices.
+    #[arg(long, env = "SCOMO_DMS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Where job-end webhooks go.
+    #[arg(long, env = "SCOMO_DMS_EMI_WEBHOOK_URL")]
+    pub emi_webhook_url: Option<String>,
+    /// Accept syncml:auth-basic from any device.
+    #[arg(long)]
+    pub allow_basic_auth: bool,
+    /// TOML config file (see README for every key).
+    #[arg(long, env = "SCOMO_ADS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `device`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Device id (DevInfo/DevId, the DM user name).
+    #[arg(long, default_value = "IMEI:356938035643809")]
+    pub id: String,
+    /// The device's DM password.
+    #[arg(long, env = "SCOMO_DEVICE_PASSWORD", default_value = "device-secret")]
+    pub password: String,
+    /// The DMS's server id.
+    #[arg(long, default_value = "scomo-ads-dms")]
+    pub server_id: String,
+    /// The server password (verifies package 0).
+    #[arg(
+        long,
+        env = "SCOMO_DEVICE_SERVER_PASSWORD",
+        default_value = "server-secret"
+    )]
+    pub server_password: String,
+    /// The DMS's DM URL.
+    #[arg(
+        long,
+        env = "SCOMO_DEVICE_DMS_URL",
+        default_value = "https://127.0.0.1:8445/dm"
+    )]
+    pub dms_url: String,
+    /// CA certificate to trust for the DMS (its generated certificate).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// State file (tree, nonces, pending reports); fleets use one per device beside it.
+    #[arg(long, default_value = "./data/device/state.json")]
+    pub state: PathBuf,
+    /// Where to listen for package 0 (plain HTTP, `POST /notify`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub notify_listen: SocketAddr,
+    /// Provision the device(s) on the DMS through its EMI API first (URL of the API).
+    #[arg(long)]
+    pub api_url: Option<String>,
+    /// EMI API token for `--api-url`.
+    #[arg(long, env = "SCOMO_DMS_API_TOKEN")]
+    pub api_token: Option<String>,
+    /// Manufacturer (DevInfo/Man).
+    #[arg(long, default_value = "Acme")]
+    pub man: String,
+    /// Model (DevInfo/Mod).
+    #[arg(long, default_value = "Roadrunner")]
+    pub model: String,
+    /// Firmware version (DevDetail/FwV).
+    #[arg(long, default_value = "5.2")]
+    pub fw_version: String,
+    /// Ask the DMS for this component (alternative flow 1), then keep running.
+    #[arg(long)]
+    pub request: Option<String>,
+    /// Ask the DMS for an operation, as OPERATION:COMPONENT (e.g. install:fw).
+    #[arg(long)]
+    pub request_op: Option<String>,
+    /// With --request/--request-op: ask the DMS to read DevDetail and inventory first.
+    #[arg(long)]
+    pub inventory_first: bool,
+    /// Exit after the requested session instead of listening for notifications.
+    #[arg(long)]
+    pub once: bool,
+    /// Fault injection: installs fail (1405).
+    #[arg(long)]
+    pub fail_install: bool,
+    /// Fault injection: delivered data is corrupted (validation fails, 1407).
+    #[arg(long)]
+    pub corrupt_delivered: bool,
+    /// Fault injection: drop the connection after this many messages, once.
+    #[arg(long)]
+    pub drop_after: Option<u32>,
+    /// Run N agents in this process (ids get -1 … -N appended).
+    #[arg(long)]
+    pub fleet: Option<u32>,
+    /// MaxMsgSize advertised to the DMS.
+    #[arg(long, default_value_t = 16384)]
+    pub max_msg_size: u64,
+    /// MaxObjSize advertised to the DMS.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_obj_size: u64,
 }

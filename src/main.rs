@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use scomo_ads::cli::{Cli, Command, ServeArgs};
+use scomo_ads::cli::{Cli, Command, DeviceArgs, DmsArgs, ServeArgs};
 use scomo_ads::client::{AdminClient, AdminTarget};
-use scomo_ads::config::{AdsConfig, Config, Secret};
+use scomo_ads::config::{AdsConfig, Config, DmsConfig, Secret};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -39,8 +39,10 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args, false).await,
-        Command::Up(args) => serve(args, true).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Up(args) => up(args).await,
+        Command::Dms(args) => dms(args).await,
+        Command::Device(args) => device(args).await,
         Command::Publish(args) => {
             let target = AdminTarget::resolve(
                 &args.admin.admin_url,
@@ -137,12 +139,27 @@ fn ads_config(args: ServeArgs) -> anyhow::Result<AdsConfig> {
     Ok(c)
 }
 
-async fn serve(args: ServeArgs, up: bool) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ads_config(args)?;
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
     let node = scomo_ads::ads::start(config, shutdown)
         .await
         .context("starting the ADS node")?;
+    print_ads(&node);
+    println!(
+        "ready {}",
+        serde_json::json!({
+            "download": node.download_addr.to_string(),
+            "admin": node.admin_addr.to_string(),
+            "http": node.http_addr.map(|a| a.to_string()),
+            "public_url": node.public_url,
+        })
+    );
+    node.wait().await;
+    Ok(())
+}
+
+fn print_ads(node: &scomo_ads::ads::AdsHandle) {
     println!("ADS download  {}", node.public_url);
     println!("ADS admin     {}", node.admin_url);
     if let Some(h) = node.http_addr {
@@ -160,34 +177,192 @@ async fn serve(args: ServeArgs, up: bool) -> anyhow::Result<()> {
     } else {
         println!("admin token   in {}", token_file.display());
     }
-    if up {
-        println!();
-        println!("Try it:");
-        println!("  echo hello > /tmp/c.bin");
-        println!(
-            "  cargo run --release -- publish /tmp/c.bin --name demo --version 1 --data {} --admin-url {}",
-            node.data_dir.display(),
-            node.admin_url
-        );
-        println!(
-            "  cargo run --release -- mint <id printed above> --ttl 10m --data {} --admin-url {}",
-            node.data_dir.display(),
-            node.admin_url
-        );
-        println!(
-            "  curl --cacert {} -O -J <url printed above>",
-            node.cert_path.display()
-        );
+}
+
+fn dms_config(args: DmsArgs) -> anyhow::Result<DmsConfig> {
+    let mut c = Config::load(args.config.as_deref())?.dms;
+    if let Some(v) = args.data {
+        c.data_dir = v;
     }
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if args.http_listen.is_some() {
+        c.http_listen = args.http_listen;
+    }
+    if let Some(v) = args.api_listen {
+        c.api_listen = v;
+    }
+    if args.public_url.is_some() {
+        c.public_url = args.public_url;
+    }
+    if args.emi_webhook_url.is_some() {
+        c.emi_webhook_url = args.emi_webhook_url;
+    }
+    if args.allow_basic_auth {
+        c.allow_basic_auth = true;
+    }
+    dms_secrets_from_env(&mut c);
+    Ok(c)
+}
+
+fn dms_secrets_from_env(c: &mut DmsConfig) {
+    c.api_token = std::env::var("SCOMO_DMS_API_TOKEN").ok().map(Secret);
+    c.emi_secret = std::env::var("SCOMO_DMS_EMI_SECRET").ok().map(Secret);
+}
+
+fn print_dms(h: &scomo_ads::dms::DmsHandle) {
+    println!("DMS devices   {}", h.dm_url);
+    println!("DMS EMI API   {}", h.api_url);
+    let token_file = h.data_dir.join("api.token");
+    if h.api_token_generated {
+        println!(
+            "API token     {} (saved to {})",
+            h.api_token,
+            token_file.display()
+        );
+    } else {
+        println!("API token     in {}", token_file.display());
+    }
+}
+
+async fn dms(args: DmsArgs) -> anyhow::Result<()> {
+    let config = dms_config(args)?;
+    let shutdown = scomo_ads::net::listener::shutdown_on_signals();
+    let h = scomo_ads::dms::start(config, shutdown)
+        .await
+        .context("starting the DMS")?;
+    print_dms(&h);
+    println!("certificate   {}", h.cert_path.display());
     println!(
         "ready {}",
-        serde_json::json!({
-            "download": node.download_addr.to_string(),
-            "admin": node.admin_addr.to_string(),
-            "http": node.http_addr.map(|a| a.to_string()),
-            "public_url": node.public_url,
-        })
+        serde_json::json!({"dm": h.dm_url, "api": h.api_url, "http": h.http_addr.map(|a| a.to_string())})
     );
-    node.wait().await;
+    h.wait().await;
+    Ok(())
+}
+
+async fn device(args: DeviceArgs) -> anyhow::Result<()> {
+    use scomo_ads::device::fleet::{self, FleetConfig, Request};
+    let base = scomo_ads::device::DeviceConfig {
+        id: args.id.clone(),
+        password: args.password.clone(),
+        server_id: args.server_id.clone(),
+        server_password: args.server_password.clone(),
+        auth: "md5".into(),
+        dms_url: args.dms_url.clone(),
+        ca_cert: args.cacert.clone(),
+        state_path: args.state.clone(),
+        info: scomo_ads::syncml::tree::DevInfo {
+            dev_id: args.id.clone(),
+            man: args.man.clone(),
+            model: args.model.clone(),
+            dm_v: "1.2".into(),
+            lang: "en".into(),
+        },
+        detail: scomo_ads::syncml::tree::DevDetail {
+            dev_typ: "simulated".into(),
+            oem: args.man.clone(),
+            fw_v: args.fw_version.clone(),
+            sw_v: env!("CARGO_PKG_VERSION").into(),
+            hw_v: "sim".into(),
+            lrg_obj: true,
+        },
+        max_msg_size: args.max_msg_size,
+        max_obj_size: args.max_obj_size,
+        faults: scomo_ads::device::Faults {
+            fail_install: args.fail_install,
+            corrupt_delivered: args.corrupt_delivered,
+            drop_after_messages: args.drop_after,
+        },
+    };
+    let request = match (&args.request, &args.request_op) {
+        (Some(c), _) => Some(Request::Component(c.clone())),
+        (None, Some(op)) => {
+            let (o, c) = op
+                .split_once(':')
+                .context("--request-op takes OPERATION:COMPONENT, e.g. install:fw")?;
+            Some(Request::Operation(o.to_string(), c.to_string()))
+        }
+        (None, None) => None,
+    };
+    let shutdown = scomo_ads::net::listener::shutdown_on_signals();
+    let cfg = FleetConfig {
+        base,
+        count: args.fleet.unwrap_or(1).max(1),
+        notify_listen: args.notify_listen,
+        provision: args.api_url.clone().zip(args.api_token.clone()),
+        request,
+        inventory_first: args.inventory_first,
+    };
+    let has_request = cfg.request.is_some();
+    let (report, _agents) = fleet::run(cfg, shutdown.clone()).await?;
+    if has_request {
+        println!(
+            "{} device(s): {} succeeded, {} failed in {:.2}s; {:.1} completions/s, p50 {} ms, p99 {} ms",
+            report.agents,
+            report.succeeded,
+            report.failed,
+            report.elapsed.as_secs_f64(),
+            report.per_second(),
+            report.percentile(50.0).as_millis(),
+            report.percentile(99.0).as_millis()
+        );
+        if args.once {
+            if report.failed > 0 {
+                anyhow::bail!("{} device(s) failed", report.failed);
+            }
+            return Ok(());
+        }
+    }
+    println!("listening for package 0; Ctrl-C to stop");
+    shutdown.cancelled().await;
+    Ok(())
+}
+
+async fn up(args: ServeArgs) -> anyhow::Result<()> {
+    let root = args
+        .data
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("./data"));
+    let mut ads_args = args;
+    ads_args.data = Some(root.join("ads"));
+    let ads = ads_config(ads_args)?;
+    let mut dmsc = Config::default().dms;
+    dmsc.data_dir = root.join("dms");
+    dms_secrets_from_env(&mut dmsc);
+    let shutdown = scomo_ads::net::listener::shutdown_on_signals();
+    let node = scomo_ads::ads::start(ads, shutdown.clone())
+        .await
+        .context("starting the ADS node")?;
+    let dms = scomo_ads::dms::start(dmsc, shutdown)
+        .await
+        .context("starting the DMS")?;
+    print_ads(&node);
+    print_dms(&dms);
+    println!();
+    println!("Try it (another terminal):");
+    println!("  echo hello > /tmp/c.bin");
+    println!(
+        "  cargo run --release -- publish /tmp/c.bin --name demo --version 1 --data {} --admin-url {}",
+        node.data_dir.display(),
+        node.admin_url
+    );
+    println!(
+        "  cargo run --release -- mint <id printed above> --ttl 10m --data {} --admin-url {}",
+        node.data_dir.display(),
+        node.admin_url
+    );
+    println!(
+        "  curl --cacert {} -O -J <url printed above>",
+        node.cert_path.display()
+    );
+    println!(
+        "  curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {}/v1/components",
+        dms.cert_path.display(),
+        dms.data_dir.join("api.token").display(),
+        dms.api_url
+    );
+    tokio::join!(node.wait(), dms.wait());
     Ok(())
 }

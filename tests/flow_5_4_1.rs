@@ -160,7 +160,7 @@ async fn alternative_1_the_device_asks_for_the_component() {
         "installed and active"
     );
     assert!(std::fs::read(dev.dir.path().join("device.objects/fw")).unwrap() == bytes);
-    emi_told(&dms, &j["id"].as_str().unwrap().to_string()).await;
+    emi_told(&dms, j["id"].as_str().unwrap()).await;
 }
 
 /// The DMS's open and finished jobs for a device come from its timeline store; the test finds

@@ -11,14 +11,25 @@ use serde_json::json;
 /// A DMS and a device that already holds component `fw` in Delivered (5.4.1 done first).
 async fn delivered(id: &str, faults: scomo_ads::device::Faults) -> (Dms, Device) {
     let dms = start_dms().await;
-    dms.add_component(&[("name", "fw"), ("version", "2.0"), ("manufacturer", "Acme")], pattern(50_000, 9)).await;
+    dms.add_component(
+        &[("name", "fw"), ("version", "2.0"), ("manufacturer", "Acme")],
+        pattern(50_000, 9),
+    )
+    .await;
     let dev = start_device(&dms, id, faults).await;
-    let job = dms.create_job(json!({"device": id, "operation": "download", "component": "fw"})).await;
+    let job = dms
+        .create_job(json!({"device": id, "operation": "download", "component": "fw"}))
+        .await;
     assert_eq!(dms.wait_job(&job, 30).await["state"], "succeeded");
     (dms, dev)
 }
 
-async fn op(dms: &Dms, device: &str, operation: &str, extra: serde_json::Value) -> serde_json::Value {
+async fn op(
+    dms: &Dms,
+    device: &str,
+    operation: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
     let mut body = json!({"device": device, "operation": operation, "component": "fw"});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
@@ -28,7 +39,11 @@ async fn op(dms: &Dms, device: &str, operation: &str, extra: serde_json::Value) 
     // Step 5: the EMI hears about it, signed.
     let mut told = None;
     for _ in 0..200 {
-        told = dms.emi.delivered().into_iter().find(|a| a.json()["job"]["id"] == id.as_str());
+        told = dms
+            .emi
+            .delivered()
+            .into_iter()
+            .find(|a| a.json()["job"]["id"] == id.as_str());
         if told.is_some() {
             break;
         }
@@ -56,41 +71,76 @@ async fn normal_flow_every_operation_with_its_state_transitions() {
     let tree = || async { dev.agent.tree().await };
 
     let j = op(&dms, id, "install_inactive", json!({})).await;
-    assert_eq!((j["state"].as_str(), j["result_code"].as_u64()), (Some("succeeded"), Some(1200)), "{j:#}");
+    assert_eq!(
+        (j["state"].as_str(), j["result_code"].as_u64()),
+        (Some("succeeded"), Some(1200)),
+        "{j:#}"
+    );
     assert_in_order(&steps(&j), &STEPS);
-    assert_eq!(tree().await.value("./SCOMO/Inventory/Delivered/fw/State"), Some("20"), "delivered → installed");
-    assert_eq!(tree().await.value("./SCOMO/Inventory/Deployed/fw/State"), Some("10"), "deployed inactive");
+    assert_eq!(
+        tree().await.value("./SCOMO/Inventory/Delivered/fw/State"),
+        Some("20"),
+        "delivered → installed"
+    );
+    assert_eq!(
+        tree().await.value("./SCOMO/Inventory/Deployed/fw/State"),
+        Some("10"),
+        "deployed inactive"
+    );
 
     let j = op(&dms, id, "activate", json!({})).await;
     assert_eq!(j["result_code"], 1200);
     assert_in_order(&steps(&j), &STEPS);
-    assert_eq!(tree().await.value("./SCOMO/Inventory/Deployed/fw/State"), Some("20"), "active");
+    assert_eq!(
+        tree().await.value("./SCOMO/Inventory/Deployed/fw/State"),
+        Some("20"),
+        "active"
+    );
 
     let j = op(&dms, id, "deactivate", json!({})).await;
     assert_eq!(j["result_code"], 1200);
-    assert_eq!(tree().await.value("./SCOMO/Inventory/Deployed/fw/State"), Some("10"), "inactive");
+    assert_eq!(
+        tree().await.value("./SCOMO/Inventory/Deployed/fw/State"),
+        Some("10"),
+        "inactive"
+    );
 
     let j = op(&dms, id, "remove", json!({})).await;
     assert_eq!(j["result_code"], 1200);
-    assert!(tree().await.get("./SCOMO/Inventory/Deployed/fw").is_none(), "removed");
+    assert!(
+        tree().await.get("./SCOMO/Inventory/Deployed/fw").is_none(),
+        "removed"
+    );
 
     // Removing again: the node is gone, the device says so at Exec time; the EMI is told.
     let j = op(&dms, id, "remove", json!({})).await;
     assert_eq!(j["state"], "failed");
-    assert!(j["reason"].as_str().unwrap().contains("status 404"), "{j:#}");
+    assert!(
+        j["reason"].as_str().unwrap().contains("status 404"),
+        "{j:#}"
+    );
 
     // Install (active) straight from Delivered again.
     let j = op(&dms, id, "install", json!({})).await;
     assert_eq!(j["result_code"], 1200);
-    assert_eq!(tree().await.value("./SCOMO/Inventory/Deployed/fw/State"), Some("20"));
-    assert!(dev.agent.pending_reports().await.is_empty(), "every report acknowledged");
+    assert_eq!(
+        tree().await.value("./SCOMO/Inventory/Deployed/fw/State"),
+        Some("20")
+    );
+    assert!(
+        dev.agent.pending_reports().await.is_empty(),
+        "every report acknowledged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternative_1_the_device_asks_for_the_operation() {
     let id = "IMEI:3002";
     let (dms, dev) = delivered(id, Default::default()).await;
-    dev.agent.request_operation("install", "fw", false).await.unwrap();
+    dev.agent
+        .request_operation("install", "fw", false)
+        .await
+        .unwrap();
     let mut job = None;
     for _ in 0..200 {
         let conn = rusqlite::Connection::open(dms.dir.path().join("dms.sqlite3")).unwrap();
@@ -107,13 +157,28 @@ async fn alternative_1_the_device_asks_for_the_operation() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let j = dms.wait_job(&job.expect("a job from the device's request"), 30).await;
+    let j = dms
+        .wait_job(&job.expect("a job from the device's request"), 30)
+        .await;
     assert_eq!(j["result_code"], 1200, "{j:#}");
     assert_in_order(
         &steps(&j),
-        &["device_request", "session_initiated", "operation_requested", "operation_accepted", "device_result", "emi_notified"],
+        &[
+            "device_request",
+            "session_initiated",
+            "operation_requested",
+            "operation_accepted",
+            "device_result",
+            "emi_notified",
+        ],
     );
-    assert_eq!(dev.agent.tree().await.value("./SCOMO/Inventory/Deployed/fw/State"), Some("20"));
+    assert_eq!(
+        dev.agent
+            .tree()
+            .await
+            .value("./SCOMO/Inventory/Deployed/fw/State"),
+        Some("20")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,11 +189,25 @@ async fn alternative_2_devdetail_and_inventory_first() {
     assert_eq!(j["result_code"], 1200, "{j:#}");
     assert_in_order(
         &steps(&j),
-        &["emi_request", "session_initiated", "devdetail", "inventory", "operation_requested", "device_result", "emi_notified"],
+        &[
+            "emi_request",
+            "session_initiated",
+            "devdetail",
+            "inventory",
+            "operation_requested",
+            "device_result",
+            "emi_notified",
+        ],
     );
     let d = dms.device(id).await;
     assert_eq!(d["inventory"]["delivered"]["fw"]["Name"], "fw", "{d:#}");
-    assert_eq!(dev.agent.tree().await.value("./SCOMO/Inventory/Deployed/fw/State"), Some("20"));
+    assert_eq!(
+        dev.agent
+            .tree()
+            .await
+            .value("./SCOMO/Inventory/Deployed/fw/State"),
+        Some("20")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +223,11 @@ async fn an_install_failure_result_code_reaches_the_emi() {
     assert_eq!(j["result_code"], 1405);
     assert!(j["reason"].as_str().unwrap().contains("1405"), "{j:#}");
     let tree = dev.agent.tree().await;
-    assert_eq!(tree.value("./SCOMO/Inventory/Delivered/fw/Status"), Some("50"), "install failed, package kept");
+    assert_eq!(
+        tree.value("./SCOMO/Inventory/Delivered/fw/Status"),
+        Some("50"),
+        "install failed, package kept"
+    );
     assert!(tree.get("./SCOMO/Inventory/Deployed/fw").is_none());
 }
 
