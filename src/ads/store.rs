@@ -210,7 +210,7 @@ impl Store {
     /// its expiry plus `grace`). `Ok(false)` if unknown.
     pub fn delete_component(&self, id: &str, now: u64, grace: u64) -> Result<bool, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let live: i64 = tx.query_row(
             "SELECT COUNT(*) FROM tickets WHERE component_id = ?1
                AND state IN ('issued', 'downloading') AND expires_at + ?3 >= ?2",

@@ -305,7 +305,7 @@ impl DmsStore {
     /// Saves a finished job and, if the EMI is configured, its webhook event, atomically.
     pub fn finish_job(&self, j: &Job, emi_url: Option<&str>) -> Result<(), DmsStoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "UPDATE jobs SET final = 1, json = ?2 WHERE id = ?1",
             params![j.id, serde_json::to_string(j)?],

@@ -155,7 +155,7 @@ impl Writer {
 }
 
 fn recover_intents(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let intents: Vec<(String, String)> = {
         let mut stmt = tx.prepare("SELECT ticket_id, ranges FROM ticket_intents")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -206,7 +206,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, wake: Arc<Notify>) {
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = false;
         let outcome = (|| -> Result<(), StoreError> {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for op in batch {
                 if matches!(op, Op::Transition { event: Some(_), .. }) {
                     events = true;
