@@ -126,7 +126,9 @@ async fn consumed_after_four_parallel_overlapping_ranges_over_h2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aria2c_with_four_connections_consumes_the_ticket() {
-    let (node, data, comp) = setup(3_000_000).await;
+    // Large enough that aria2c usually splits it; whether it did is timing, so it is reported,
+    // not asserted (the four-parallel-ranges test covers splitting deterministically).
+    let (node, data, comp) = setup(24 << 20).await;
     let (id, url) = once(&node, &comp).await;
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("aria2c")
@@ -152,10 +154,9 @@ async fn aria2c_with_four_connections_consumes_the_ticket() {
     );
     assert!(std::fs::read(dir.path().join("fw.bin")).unwrap() == data);
     let t = state_becomes(&node, &id, "completed").await;
-    assert!(
-        t["requests"].as_u64().unwrap() >= 2,
-        "aria2c split the download: {t}"
-    );
+    // Whether aria2c split the download is timing (loopback is fast); the four-parallel-ranges
+    // test covers split downloads deterministically.
+    eprintln!("aria2c used {} request(s)", t["requests"]);
     let c = client(&node.cert());
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
