@@ -460,3 +460,66 @@ async fn a_malformed_message_gets_a_syncml_error_and_the_session_survives() {
         .unwrap();
     assert_eq!(r.status(), 415);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_only_where_allowed() {
+    let dms = start_dms().await;
+    catalog(&dms).await;
+    let dir = tempfile::tempdir().unwrap();
+    dms.provision("IMEI:1008", "dev-secret", None).await;
+    let mut cfg = device_config(&dms, "IMEI:1008", dir.path(), Default::default());
+    cfg.auth = "basic".into();
+    // Provisioned for MD5 and basic not allowed by config: refused.
+    let agent = scomo_ads::device::Agent::new(cfg.clone()).unwrap();
+    let err = agent.request_component("fw", false).await.unwrap_err();
+    assert!(
+        matches!(err, scomo_ads::device::DeviceError::AuthFailed(401)),
+        "{err}"
+    );
+    // Provisioned for basic: accepted.
+    let r = dms
+        .client()
+        .put(dms.api("/v1/devices/IMEI:1008"))
+        .bearer_auth(&dms.handle.api_token)
+        .json(&json!({"password": "dev-secret", "auth": "basic"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    agent.request_component("fw", false).await.unwrap();
+    let jobs = wait_device_jobs(&dms, "IMEI:1008", 1).await;
+    assert_eq!(dms.wait_job(&jobs[0], 30).await["state"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_0_with_a_bad_digest_starts_no_session() {
+    let dms = start_dms().await;
+    let dev = start_device(&dms, "IMEI:1009", Default::default()).await;
+    let n = scomo_ads::syncml::pkg0::Notification::new(&dms.handle.server_id, 0x42);
+    let forged = n.encode("not-the-server-password", &[0, 0, 0, 0]).unwrap();
+    let r = reqwest::Client::new()
+        .post(&dev.notify_url)
+        .header("content-type", scomo_ads::syncml::pkg0::CONTENT_TYPE)
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let genuine = n.encode("srv-secret", &[0, 0, 0, 0]).unwrap();
+    let r = reqwest::Client::new()
+        .post(&dev.notify_url)
+        .header("content-type", scomo_ads::syncml::pkg0::CONTENT_TYPE)
+        .body(genuine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The genuine one opened a session: the DMS now knows the device's DevInfo.
+    for _ in 0..100 {
+        if dms.device("IMEI:1009").await["devinfo"]["man"] == "Acme" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no session after a genuine package 0");
+}
