@@ -167,9 +167,9 @@ pub struct DeviceArgs {
         default_value = "https://127.0.0.1:8445/dm"
     )]
     pub dms_url: String,
-    /// CA certificate to trust for the DMS (its generated certificate).
+    /// CA certificates to trust (the DMS's and ADS nodes' generated certificates); repeatable.
     #[arg(long)]
-    pub cacert: Option<PathBuf>,
+    pub cacert: Vec<PathBuf>,
     /// State file (tree, nonces, pending reports); fleets use one per device beside it.
     #[arg(long, default_value = "./data/device/state.json")]
     pub state: PathBuf,
@@ -212,6 +212,9 @@ pub struct DeviceArgs {
     /// Fault injection: drop the connection after this many messages, once.
     #[arg(long)]
     pub drop_after: Option<u32>,
+    /// Fault injection: cut each alternate download this many times (it resumes).
+    #[arg(long, default_value_t = 0)]
+    pub interrupt_downloads: u32,
     /// Run N agents in this process (ids get -1 … -N appended).
     #[arg(long)]
     pub fleet: Option<u32>,

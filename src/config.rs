@@ -80,12 +80,46 @@ pub struct DmsConfig {
     pub webhook_backoff_base_ms: u64,
     pub webhook_backoff_cap_secs: u64,
     pub webhook_horizon_secs: u64,
+    /// ADS nodes for alternate delivery (flow 5.4.2).
+    pub ads_nodes: Vec<AdsNodeConfig>,
+    /// Where ADS nodes POST download callbacks (default: `https://<api_listen>/v1/ads-callbacks`).
+    pub ads_callback_url: Option<String>,
+    /// `auto` delivery goes through an ADS above this size, in-band below.
+    pub alternate_threshold_bytes: u64,
+    /// When no ADS node is healthy, deliver in-band instead of failing the job.
+    pub fallback_to_dm: bool,
+    /// How often ADS nodes' `/healthz` is checked.
+    pub ads_health_interval_secs: u64,
+    /// Lifetime of minted download URLs.
+    pub ticket_ttl_secs: u64,
     /// EMI API bearer token; from `SCOMO_DMS_API_TOKEN`, else `data_dir/api.token`.
     #[serde(skip)]
     pub api_token: Option<Secret>,
     /// EMI webhook secret (`whsec_…`); from `SCOMO_DMS_EMI_SECRET`, else `data_dir/emi.secret`.
     #[serde(skip)]
     pub emi_secret: Option<Secret>,
+}
+
+/// One ADS node the DMS may use (`[[dms.ads_nodes]]`). Secrets are read from files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdsNodeConfig {
+    pub name: String,
+    /// The node's admin API base URL.
+    pub admin_url: String,
+    /// File holding the node's admin token (its `DIR/admin.token`).
+    pub admin_token_file: PathBuf,
+    /// File holding the node's callback secret (its `DIR/callback.secret`), to verify callbacks.
+    pub callback_secret_file: PathBuf,
+    /// CA certificate to trust for the node (admin API and, for devices, downloads).
+    pub ca_cert: Option<PathBuf>,
+    /// Relative share of new downloads.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for DmsConfig {
@@ -109,6 +143,12 @@ impl Default for DmsConfig {
             webhook_backoff_base_ms: 1000,
             webhook_backoff_cap_secs: 3600,
             webhook_horizon_secs: 3 * 24 * 3600,
+            ads_nodes: Vec::new(),
+            ads_callback_url: None,
+            alternate_threshold_bytes: 1 << 20,
+            fallback_to_dm: true,
+            ads_health_interval_secs: 5,
+            ticket_ttl_secs: 3600,
             api_token: None,
             emi_secret: None,
         }
@@ -177,6 +217,8 @@ pub struct AdsConfig {
     pub callback_concurrency: usize,
     /// The `node` field of callbacks (default: the public URL).
     pub node_name: Option<String>,
+    /// Extra CA certificates to trust when delivering callbacks (a DMS with a private CA).
+    pub callback_ca_certs: Vec<PathBuf>,
     /// Admin bearer token; from `SCOMO_ADS_ADMIN_TOKEN`, else `data_dir/admin.token`.
     #[serde(skip)]
     pub admin_token: Option<Secret>,
@@ -217,6 +259,7 @@ impl Default for AdsConfig {
             callback_timeout_secs: 10,
             callback_concurrency: 16,
             node_name: None,
+            callback_ca_certs: Vec::new(),
             admin_token: None,
             callback_secret: None,
         }

@@ -251,7 +251,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
         server_password: args.server_password.clone(),
         auth: "md5".into(),
         dms_url: args.dms_url.clone(),
-        ca_cert: args.cacert.clone(),
+        ca_certs: args.cacert.clone(),
         state_path: args.state.clone(),
         info: scomo_ads::syncml::tree::DevInfo {
             dev_id: args.id.clone(),
@@ -274,6 +274,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             fail_install: args.fail_install,
             corrupt_delivered: args.corrupt_delivered,
             drop_after_messages: args.drop_after,
+            interrupt_downloads: args.interrupt_downloads,
         },
     };
     let request = match (&args.request, &args.request_op) {

@@ -194,10 +194,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     let dispatcher = crate::webhook::deliver::Dispatcher {
         outbox: outbox.clone(),
         signer,
-        http: reqwest::Client::builder()
-            .use_rustls_tls()
-            .user_agent(concat!("scomo-ads/", env!("CARGO_PKG_VERSION")))
-            .build()?,
+        http: callback_client(&config.callback_ca_certs)?,
         policy: crate::webhook::deliver::DeliveryPolicy {
             backoff_base: Duration::from_millis(config.callback_backoff_base_ms),
             backoff_cap: Duration::from_secs(config.callback_backoff_cap_secs),
@@ -286,6 +283,22 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         shutdown,
         tasks,
     })
+}
+
+/// The HTTP client callbacks are delivered with: system roots plus the configured extra CAs.
+fn callback_client(cas: &[PathBuf]) -> Result<reqwest::Client, AdsError> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(concat!("scomo-ads/", env!("CARGO_PKG_VERSION")));
+    for ca in cas {
+        let pem = std::fs::read(ca).map_err(|source| AdsError::DataDir {
+            path: ca.clone(),
+            source,
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem)?;
+        b = b.add_root_certificate(cert);
+    }
+    Ok(b.build()?)
 }
 
 fn local_addr(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {

@@ -33,6 +33,8 @@ pub struct Faults {
     pub corrupt_delivered: bool,
     /// Drop the connection (stop answering) after sending this many messages, once.
     pub drop_after_messages: Option<u32>,
+    /// Cut alternate downloads this many times in all (each must resume).
+    pub interrupt_downloads: u32,
 }
 
 /// The agent's settings.
@@ -45,8 +47,8 @@ pub struct DeviceConfig {
     /// `md5` or `basic`.
     pub auth: String,
     pub dms_url: String,
-    /// Extra CA to trust (the DMS's generated certificate).
-    pub ca_cert: Option<PathBuf>,
+    /// Extra CAs to trust (the DMS's and ADS nodes' generated certificates).
+    pub ca_certs: Vec<PathBuf>,
     /// State file; delivered objects are kept beside it.
     pub state_path: PathBuf,
     pub info: DevInfo,
@@ -107,6 +109,8 @@ pub struct Agent {
     state: Mutex<DeviceState>,
     /// Held for the length of a session: one session at a time.
     session_lock: Mutex<()>,
+    /// Download cuts still to inject.
+    cuts_left: Arc<std::sync::atomic::AtomicU32>,
 }
 
 const INITIAL_NONCE: &str = "AAAAAA==";
@@ -139,7 +143,7 @@ impl Agent {
         let _ = state.tree.add_interior("./SCOMO/Inventory/Delivered");
         let _ = state.tree.add_interior("./SCOMO/Inventory/Deployed");
         let mut builder = reqwest::Client::builder().use_rustls_tls();
-        if let Some(ca) = &cfg.ca_cert {
+        for ca in &cfg.ca_certs {
             let pem = std::fs::read(ca).map_err(|source| DeviceError::State {
                 path: ca.clone(),
                 source,
@@ -152,6 +156,9 @@ impl Agent {
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
         Ok(Arc::new(Self {
+            cuts_left: Arc::new(std::sync::atomic::AtomicU32::new(
+                cfg.faults.interrupt_downloads,
+            )),
             cfg,
             http,
             state: Mutex::new(state),
@@ -691,14 +698,106 @@ impl Agent {
         StatusCode::Ok
     }
 
+    /// Alternate download (5.4.2): fetch `Download/<X>/PkgURL`, verify against the DMS's
+    /// `Ext/Blake3`, keep it as `Inventory/Delivered/<X>`; install too for the install variants.
+    async fn download(&self, op: &QueuedOp) -> (u16, Option<String>) {
+        let id = op.node.rsplit('/').next().unwrap_or("pkg").to_string();
+        let (url, blake3, sha256, name) = {
+            let mut st = self.state.lock().await;
+            let t = &mut st.tree;
+            let _ = t.set(
+                &format!("{}/Status", op.node),
+                "int",
+                scomo::DownloadStatus::DownloadProgressing
+                    .code()
+                    .to_string(),
+            );
+            let v = |k: &str| t.value(&format!("{}/{k}", op.node)).map(String::from);
+            (v("PkgURL"), v("Ext/Blake3"), v("Ext/Sha256"), v("Name"))
+        };
+        let Some(url) = url else {
+            return (ResultCode::DownloadFailed.code(), None);
+        };
+        let dest = objects_dir(&self.cfg.state_path).join(&id);
+        let policy = super::download::FetchPolicy {
+            interrupts: self.cuts_left.clone(),
+            ..Default::default()
+        };
+        let fetched =
+            super::download::fetch(&self.http, &url, &dest, blake3.as_deref(), &policy).await;
+        let mut st = self.state.lock().await;
+        let t = &mut st.tree;
+        match fetched {
+            Err(e) => {
+                tracing::info!(device = %self.cfg.id, error = %e, "alternate download failed");
+                let _ = t.set(
+                    &format!("{}/Status", op.node),
+                    "int",
+                    scomo::DownloadStatus::DownloadFailed.code().to_string(),
+                );
+                (e.result_code(), None)
+            }
+            Ok(stats) => {
+                tracing::info!(device = %self.cfg.id, bytes = stats.bytes, requests = stats.requests, resumes = stats.resumes, "alternate download complete");
+                if self.cfg.faults.corrupt_delivered {
+                    if let Ok(mut b) = std::fs::read(&dest) {
+                        if let Some(x) = b.first_mut() {
+                            *x ^= 0xff;
+                        }
+                        let _ = std::fs::write(&dest, b);
+                    }
+                }
+                let _ = t.set(
+                    &format!("{}/Status", op.node),
+                    "int",
+                    scomo::DownloadStatus::DownloadComplete.code().to_string(),
+                );
+                let name = name.unwrap_or_else(|| id.clone());
+                let _ = scomo::write_delivered(t, &id, &id, &name);
+                let delivered = scomo::delivered_node(&id);
+                if let Some(h) = sha256 {
+                    let _ = t.set(&format!("{delivered}/Ext/Sha256"), "chr", h);
+                }
+                let install = match op.op {
+                    Operation::DownloadInstall => Some(Operation::Install),
+                    Operation::DownloadInstallInactive => Some(Operation::InstallInactive),
+                    _ => None,
+                };
+                match install {
+                    None => (ResultCode::Successful.code(), Some(delivered)),
+                    Some(i) => self.simulate(
+                        &mut st,
+                        &QueuedOp {
+                            correlator: op.correlator.clone(),
+                            exec_path: op.exec_path.clone(),
+                            node: delivered,
+                            op: i,
+                        },
+                    ),
+                }
+            }
+        }
+    }
+
     /// Performs queued operations and queues their reports.
     async fn perform(&self, ops: Vec<QueuedOp>) -> Result<(), DeviceError> {
         if ops.is_empty() {
             return Ok(());
         }
+        let mut results = Vec::new();
+        for op in &ops {
+            if op.node.starts_with("./SCOMO/Download/") {
+                results.push(Some(self.download(op).await));
+            } else {
+                results.push(None);
+            }
+        }
         let mut st = self.state.lock().await;
-        for op in ops {
-            let (result, target) = self.simulate(&mut st, &op);
+        for (op, done) in ops.into_iter().zip(results) {
+            let (result, target) = match done {
+                Some(r) => r,
+                None => self.simulate(&mut st, &op),
+            };
             tracing::info!(device = %self.cfg.id, op = ?op.op, node = %op.node, result, "operation performed");
             st.pending_reports.push(PendingReport {
                 correlator: op.correlator.clone(),

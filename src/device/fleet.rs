@@ -107,7 +107,7 @@ pub async fn run(
 ) -> Result<(FleetReport, Vec<Arc<Agent>>), DeviceError> {
     let mut agents = Vec::new();
     let mut http = reqwest::Client::builder().use_rustls_tls();
-    if let Some(ca) = &cfg.base.ca_cert {
+    for ca in &cfg.base.ca_certs {
         let pem = std::fs::read(ca).map_err(|source| DeviceError::State {
             path: ca.clone(),
             source,

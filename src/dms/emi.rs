@@ -21,6 +21,7 @@ use crate::ads::content::{self, IngestError};
 
 /// Shared state of the DMS routers.
 pub struct DmsState {
+    pub ads: Arc<super::ads_client::AdsPool>,
     pub store: DmsStore,
     pub engine: Arc<Engine>,
     pub http: reqwest::Client,
@@ -106,7 +107,47 @@ pub fn api_router(state: Arc<DmsState>) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
+        // Authenticated by its Standard Webhooks signature, not the EMI token.
+        .route("/v1/ads-callbacks", post(ads_callback))
         .with_state(state)
+}
+
+async fn ads_callback(
+    State(state): State<Arc<DmsState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let ts: u64 = h("webhook-timestamp").parse().unwrap_or(0);
+    let now = now_ms() / 1000;
+    let Some(node) = state
+        .ads
+        .verify(&h("webhook-id"), ts, &body, &h("webhook-signature"), now)
+    else {
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "the callback signature does not verify against any configured ADS node",
+        );
+    };
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            "the callback body is not JSON",
+        );
+    };
+    tracing::info!(node = %node.name, event = %payload["event"], "ADS callback");
+    match state.engine.on_ads_callback(&payload).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => storage(e),
+    }
 }
 
 async fn require_token(State(state): State<Arc<DmsState>>, req: Request, next: Next) -> Response {
@@ -356,7 +397,7 @@ async fn create_job(
 
 async fn get_job(State(state): State<Arc<DmsState>>, Path(id): Path<String>) -> Response {
     let lookup = id.clone();
-    match state.store.run(move |s| s.job(&lookup)).await {
+    match state.store.run(move |s| s.job_with_events(&lookup)).await {
         Ok(Some(j)) => Json(j).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
         Err(e) => storage(e),

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::catalog;
+use super::ads_client::AdsPool;
+use super::catalog::{self, Build};
 use super::store::{now_ms, Device, DmsStore, DmsStoreError, Job, JobOp, JobState, Step};
 use crate::scomo::{self, Operation};
 use crate::syncml::auth;
@@ -45,6 +46,14 @@ pub struct EngineConfig {
     pub session_timeout: Duration,
     pub emi_url: Option<String>,
     pub limits: Limits,
+    /// Where ADS nodes send download callbacks.
+    pub ads_callback_url: String,
+    /// `auto` delivery goes alternate above this size.
+    pub alternate_threshold: u64,
+    pub fallback_to_dm: bool,
+    pub ticket_ttl_secs: u64,
+    /// Delivery of jobs the device asks for (alternative flows 1).
+    pub default_delivery: String,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +102,7 @@ impl Session {
 pub struct Engine {
     store: DmsStore,
     cfg: EngineConfig,
+    ads: Arc<AdsPool>,
     sessions: Mutex<HashMap<(String, String), Session>>,
     wake: Arc<Notify>,
 }
@@ -150,10 +160,11 @@ fn tag(data: &str, name: &str) -> Option<String> {
 }
 
 impl Engine {
-    pub fn new(store: DmsStore, cfg: EngineConfig, wake: Arc<Notify>) -> Self {
+    pub fn new(store: DmsStore, cfg: EngineConfig, ads: Arc<AdsPool>, wake: Arc<Notify>) -> Self {
         Self {
             store,
             cfg,
+            ads,
             sessions: Mutex::new(HashMap::new()),
             wake,
         }
@@ -661,6 +672,27 @@ impl Engine {
                 continue;
             }
             step(&mut j, "device_result", Some(report.result.to_string()));
+            let alternate = j
+                .exec_path
+                .as_deref()
+                .is_some_and(|p| p.starts_with("./SCOMO/Download/"));
+            if report.result == scomo::ResultCode::AlternateDownloadUrlExpired.code()
+                && alternate
+                && j.retries == 0
+            {
+                // The URL was spent before the device held every byte (the node counted bytes
+                // still in socket buffers when the link dropped) or it expired: one more try
+                // with a fresh URL, in this very session.
+                j.retries += 1;
+                step(
+                    &mut j,
+                    "download_retry",
+                    Some("the device could not use the URL; minting a new one".into()),
+                );
+                j.stage = "mechanism".into();
+                self.save_job(&j).await?;
+                continue;
+            }
             let ok = scomo::classify(report.result) == scomo::Outcome::Success;
             let reason = (!ok).then(|| {
                 let name = scomo::ResultCode::from_code(report.result)
@@ -708,7 +740,7 @@ impl Engine {
             &s.device,
             op,
             (!name.is_empty()).then_some(name),
-            "dm",
+            &self.cfg.default_delivery,
             inventory_first,
             "device",
         );
@@ -851,7 +883,7 @@ impl Engine {
                                 )),
                             );
                             job.chosen_build = Some(b.id.clone());
-                            job.stage = "deliver".into();
+                            job.stage = "mechanism".into();
                         }
                         Err(e) => {
                             step(job, "build_chosen", Some("none".into()));
@@ -859,6 +891,47 @@ impl Engine {
                             return Ok((Vec::new(), true));
                         }
                     }
+                }
+                "mechanism" => {
+                    // Seed 5.4.2 step 5: choose the download mechanism.
+                    let builds = self.store.run(|st| st.builds()).await?;
+                    let Some(build) = builds
+                        .into_iter()
+                        .find(|b| Some(&b.id) == job.chosen_build.as_ref())
+                    else {
+                        job.stage = "choose".into();
+                        continue;
+                    };
+                    let alternate = match job.delivery.as_str() {
+                        "alternate" => true,
+                        "auto" => build.size > self.cfg.alternate_threshold && !self.ads.is_empty(),
+                        _ => false,
+                    };
+                    if !alternate {
+                        step(job, "mechanism_chosen", Some("in-band over DM".into()));
+                        job.stage = "deliver".into();
+                        continue;
+                    }
+                    if let Some(cmds) = self.prepare_alternate(s, job, &build).await? {
+                        return Ok((cmds, true));
+                    }
+                    if self.cfg.fallback_to_dm && build.size <= s.max_obj {
+                        step(
+                            job,
+                            "mechanism_chosen",
+                            Some("in-band over DM (no ADS node available)".into()),
+                        );
+                        job.stage = "deliver".into();
+                        continue;
+                    }
+                    self.finish(
+                        job,
+                        false,
+                        Some(scomo::ResultCode::AlternateDownloadServerUnavailable.code()),
+                        Some("no ADS node is available for alternate delivery".into()),
+                    )
+                    .await?;
+                    return Ok((Vec::new(), true));
                 }
                 "deliver" => return self.start_delivery(s, job).await,
                 "delivering" => {
@@ -900,6 +973,151 @@ impl Engine {
                 _ => return Ok((Vec::new(), true)),
             }
         }
+    }
+
+    /// Puts the build on a healthy ADS node (if it lacks it), mints a one-time URL and returns
+    /// the commands that hand it to the device: a Replace of the Download node (URL, expected
+    /// digests) and the Exec of its operation. `None` when no node could serve.
+    async fn prepare_alternate(
+        &self,
+        s: &mut Session,
+        job: &mut Job,
+        build: &Build,
+    ) -> Result<Option<Vec<Command>>, EngineError> {
+        let path = self.store.build_path(&build.id);
+        for _ in 0..self.ads.nodes.len() {
+            let Some(node) = self.ads.pick() else {
+                break;
+            };
+            let minted = async {
+                node.ensure_published(&build.id, &build.name, &build.version, &path)
+                    .await?;
+                node.mint(
+                    &build.id,
+                    &s.device,
+                    &self.cfg.ads_callback_url,
+                    serde_json::json!({"job": job.id, "device": s.device}),
+                    self.cfg.ticket_ttl_secs,
+                )
+                .await
+            }
+            .await;
+            let ticket = match minted {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(node = %node.name, error = %e, "ADS node failed; trying another");
+                    node.healthy
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+            };
+            step(
+                job,
+                "mechanism_chosen",
+                Some(format!("alternate download via ADS {}", node.name)),
+            );
+            step(
+                job,
+                "ticket_minted",
+                Some(format!("ticket {} on {}", ticket.id, node.name)),
+            );
+            let pkg = node_id(&build.name);
+            let dl = scomo::download_node(&pkg);
+            let leaf = |k: &str, v: &str| {
+                Item::target(format!("{dl}/{k}"))
+                    .with_meta(Meta::format("chr"))
+                    .with_data(v)
+            };
+            let replace = Command::Replace(ItemCommand {
+                cmd_id: s.cmd_id(),
+                items: vec![
+                    leaf("PkgID", &pkg),
+                    leaf("Name", &build.name),
+                    leaf("PkgURL", &ticket.url),
+                    leaf("PkgType", "application/octet-stream"),
+                    // Our digests, not the ADS's: the device checks what it got against the DMS.
+                    leaf("Ext/Blake3", &build.id),
+                    leaf("Ext/Sha256", &build.sha256),
+                ],
+                ..ItemCommand::default()
+            });
+            let op = if job.operation == JobOp::DownloadInstall {
+                Operation::DownloadInstall
+            } else {
+                Operation::Download
+            };
+            let exec_path = scomo::operation_node(&dl, op);
+            let cmd_id = s.cmd_id();
+            s.outstanding.insert(
+                cmd_id,
+                Pending::Exec {
+                    job: job.id.clone(),
+                },
+            );
+            let exec = Command::Exec(Exec {
+                cmd_id,
+                correlator: Some(job.id.clone()),
+                items: vec![Item::target(exec_path.clone())],
+                ..Exec::default()
+            });
+            step(job, "download_requested", Some(exec_path.clone()));
+            job.exec_path = Some(exec_path);
+            job.stage = "exec_sent".into();
+            self.save_job(job).await?;
+            return Ok(Some(vec![replace, exec]));
+        }
+        Ok(None)
+    }
+
+    /// Records an ADS callback on its job's timeline (once per event id). A download that
+    /// ended without completing fails a job still waiting for the device.
+    pub async fn on_ads_callback(&self, payload: &serde_json::Value) -> Result<(), EngineError> {
+        let Some(job_id) = payload["context"]["job"].as_str().map(String::from) else {
+            return Ok(());
+        };
+        let event_id = payload["event_id"].as_str().unwrap_or("").to_string();
+        let kind = payload["event"].as_str().unwrap_or("");
+        let name = match kind {
+            "download.completed" => "ads_download_completed",
+            "download.expired" => "ads_download_expired",
+            "download.revoked" => "ads_download_revoked",
+            _ => return Ok(()),
+        };
+        let detail = format!(
+            "{} bytes sent in {} request(s) by {}",
+            payload["bytes_sent"],
+            payload["requests"],
+            payload["node"].as_str().unwrap_or("?")
+        );
+        let st = Step {
+            step: name.to_string(),
+            at_ms: now_ms(),
+            detail: Some(detail),
+        };
+        let (j, e) = (job_id.clone(), event_id.clone());
+        let fresh = self
+            .store
+            .run(move |store| store.add_ads_event(&j, &e, &st))
+            .await?;
+        if !fresh || kind == "download.completed" {
+            return Ok(());
+        }
+        if let Some(mut job) = self.load_job(&job_id).await? {
+            if !job.state.is_final() && job.stage == "awaiting_result" {
+                let reason = format!(
+                    "the ADS reports the download {}",
+                    kind.trim_start_matches("download.")
+                );
+                self.finish(
+                    &mut job,
+                    false,
+                    Some(scomo::ResultCode::AlternateDownloadUrlExpired.code()),
+                    Some(reason),
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     fn get(&self, s: &mut Session, uri: &str, p: Pending) -> Command {
@@ -1037,6 +1255,9 @@ impl Engine {
 
 /// The Operations node a job Execs.
 pub fn job_exec_path(job: &Job) -> String {
+    if let Some(p) = &job.exec_path {
+        return p.clone();
+    }
     let id = node_id(job.component.as_deref().unwrap_or("component"));
     let (node, op) = match job.operation {
         JobOp::Download | JobOp::DownloadInstall | JobOp::Install => {
@@ -1108,5 +1329,7 @@ pub fn new_job(
         created_at_ms: now,
         updated_at_ms: now,
         timeline: Vec::new(),
+        exec_path: None,
+        retries: 0,
     }
 }

@@ -2,6 +2,7 @@
 //! component catalog and build selection, jobs with a timeline of the seed flows' steps,
 //! package 0 notifications, and signed EMI webhooks through the shared outbox.
 
+pub mod ads_client;
 pub mod catalog;
 pub mod emi;
 pub mod engine;
@@ -49,6 +50,8 @@ pub enum DmsError {
     },
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Ads(#[from] ads_client::AdsClientError),
 }
 
 /// A running DMS.
@@ -121,6 +124,11 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         .unwrap_or_else(|| format!("https://{dm_addr}/dm"));
 
     let wake = Arc::new(tokio::sync::Notify::new());
+    let ads = Arc::new(ads_client::AdsPool::new(&config.ads_nodes)?);
+    let ads_callback_url = config
+        .ads_callback_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{api_addr}/v1/ads-callbacks"));
     let engine = Arc::new(engine::Engine::new(
         store.clone(),
         engine::EngineConfig {
@@ -133,7 +141,13 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
                 max_bytes: config.max_message_bytes,
                 ..Default::default()
             },
+            ads_callback_url,
+            alternate_threshold: config.alternate_threshold_bytes,
+            fallback_to_dm: config.fallback_to_dm,
+            ticket_ttl_secs: config.ticket_ttl_secs,
+            default_delivery: config.default_delivery.clone(),
         },
+        ads.clone(),
         wake.clone(),
     ));
     let http = reqwest::Client::builder()
@@ -141,6 +155,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         .user_agent(concat!("scomo-ads-dms/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let state = Arc::new(emi::DmsState {
+        ads: ads.clone(),
         store: store.clone(),
         engine: engine.clone(),
         http: http.clone(),
@@ -173,6 +188,12 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
 
     let mut tasks = JoinSet::new();
     tasks.spawn(dispatcher.run(shutdown.clone()));
+    if !ads.is_empty() {
+        tasks.spawn(ads.clone().health_loop(
+            Duration::from_secs(config.ads_health_interval_secs.max(1)),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(notify::renotify_loop(
         store.clone(),
         engine.clone(),

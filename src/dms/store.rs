@@ -129,6 +129,12 @@ pub struct Job {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub timeline: Vec<Step>,
+    /// The Operations node Exec'd for this job, once known (alternate delivery uses Download).
+    #[serde(default)]
+    pub exec_path: Option<String>,
+    /// Alternate downloads retried with a fresh URL.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 const SCHEMA: &str = "
@@ -151,6 +157,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(device, final, created_at_ms);
+CREATE TABLE IF NOT EXISTS ads_events (
+    event_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS ads_events_by_job ON ads_events(job_id);
 ";
 
 /// The DMS store. Cheap to clone; methods block (call through [`DmsStore::run`]).
@@ -302,6 +316,47 @@ impl DmsStore {
         Ok(())
     }
 
+    /// Records an ADS callback on a job's timeline; false if this event was already recorded
+    /// (callbacks are at-least-once).
+    pub fn add_ads_event(
+        &self,
+        job_id: &str,
+        event_id: &str,
+        step: &Step,
+    ) -> Result<bool, DmsStoreError> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO ads_events (event_id, job_id, step, at_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![event_id, job_id, step.step, step.at_ms as i64, step.detail],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn merge_ads_events(conn: &Connection, j: &mut Job) -> Result<(), DmsStoreError> {
+        let mut stmt =
+            conn.prepare_cached("SELECT step, at_ms, detail FROM ads_events WHERE job_id = ?1")?;
+        let rows = stmt.query_map([&j.id], |r| {
+            Ok(Step {
+                step: r.get(0)?,
+                at_ms: r.get::<_, i64>(1)? as u64,
+                detail: r.get(2)?,
+            })
+        })?;
+        for s in rows {
+            j.timeline.push(s?);
+        }
+        j.timeline.sort_by_key(|s| s.at_ms);
+        Ok(())
+    }
+
+    /// A job with the ADS callbacks merged into its timeline (what the API shows).
+    pub fn job_with_events(&self, id: &str) -> Result<Option<Job>, DmsStoreError> {
+        let Some(mut j) = self.job(id)? else {
+            return Ok(None);
+        };
+        Self::merge_ads_events(&self.conn(), &mut j)?;
+        Ok(Some(j))
+    }
+
     /// Saves a finished job and, if the EMI is configured, its webhook event, atomically.
     pub fn finish_job(&self, j: &Job, emi_url: Option<&str>) -> Result<(), DmsStoreError> {
         let mut conn = self.conn();
@@ -317,10 +372,12 @@ impl DmsStore {
             } else {
                 "job.failed"
             };
+            let mut shown = j.clone();
+            Self::merge_ads_events(&tx, &mut shown)?;
             let payload = serde_json::json!({
                 "event": kind,
                 "event_id": event_id,
-                "job": j,
+                "job": shown,
             });
             outbox::enqueue(&tx, &event_id, kind, url, &payload.to_string(), now_ms())?;
         }

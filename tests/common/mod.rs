@@ -388,7 +388,13 @@ pub async fn start_dms() -> Dms {
 }
 
 pub async fn start_dms_with(tweak: impl FnOnce(&mut scomo_ads::config::DmsConfig)) -> Dms {
-    let dir = tempfile::tempdir().unwrap();
+    start_dms_in(tempfile::tempdir().unwrap(), tweak).await
+}
+
+pub async fn start_dms_in(
+    dir: tempfile::TempDir,
+    tweak: impl FnOnce(&mut scomo_ads::config::DmsConfig),
+) -> Dms {
     let emi = Receiver::start().await;
     let mut config = scomo_ads::config::DmsConfig {
         data_dir: dir.path().to_path_buf(),
@@ -543,7 +549,7 @@ pub fn device_config(
         server_password: "srv-secret".into(),
         auth: "md5".into(),
         dms_url: dms.handle.dm_url.clone(),
-        ca_cert: Some(dms.handle.cert_path.clone()),
+        ca_certs: vec![dms.handle.cert_path.clone()],
         state_path: dir.join("device.json"),
         info: scomo_ads::syncml::tree::DevInfo {
             dev_id: id.to_string(),
@@ -583,4 +589,103 @@ pub async fn start_device(dms: &Dms, id: &str, faults: scomo_ads::device::Faults
         notify_url,
         dir,
     }
+}
+
+/// The DMS's view of an ADS node started by a test.
+pub fn ads_node_config(name: &str, node: &Node, weight: u32) -> scomo_ads::config::AdsNodeConfig {
+    scomo_ads::config::AdsNodeConfig {
+        name: name.into(),
+        admin_url: node.handle.admin_url.clone(),
+        admin_token_file: node.dir.path().join("admin.token"),
+        callback_secret_file: node.dir.path().join("callback.secret"),
+        ca_cert: Some(node.cert()),
+        weight,
+    }
+}
+
+/// ADS nodes and a DMS wired to them, delivering through them by default with `delivery`.
+/// The DMS's certificate is made first so the nodes can trust it for their callbacks.
+pub async fn start_stack(weights: &[(&str, u32)], delivery: &str) -> (Dms, Vec<Node>) {
+    let dms_dir = tempfile::tempdir().unwrap();
+    scomo_ads::net::tls::load_or_generate(dms_dir.path(), None, None).unwrap();
+    let dms_cert = dms_dir.path().join("tls/cert.pem");
+    let mut nodes = Vec::new();
+    for _ in weights {
+        let ca = dms_cert.clone();
+        nodes.push(start_with(move |c| c.callback_ca_certs = vec![ca]).await);
+    }
+    let cfgs: Vec<_> = weights
+        .iter()
+        .zip(&nodes)
+        .map(|((n, w), node)| ads_node_config(n, node, *w))
+        .collect();
+    let delivery = delivery.to_string();
+    let dms = start_dms_in(dms_dir, move |c| {
+        c.ads_nodes = cfgs;
+        c.default_delivery = delivery;
+        c.ads_health_interval_secs = 1;
+    })
+    .await;
+    (dms, nodes)
+}
+
+/// A device trusting the DMS and every given ADS node.
+pub async fn start_device_trusting(
+    dms: &Dms,
+    id: &str,
+    faults: scomo_ads::device::Faults,
+    ads: &[&Node],
+) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = device_config(dms, id, dir.path(), faults);
+    cfg.ca_certs.extend(ads.iter().map(|n| n.cert()));
+    let agent = scomo_ads::device::Agent::new(cfg).unwrap();
+    let addr = scomo_ads::device::agent::listen_for_notifications(
+        agent.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        dms.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let notify_url = format!("http://{addr}/notify");
+    dms.provision(id, "dev-secret", Some(&notify_url)).await;
+    Device {
+        agent,
+        notify_url,
+        dir,
+    }
+}
+
+/// Ids of a device's jobs, oldest first, read from the DMS database.
+pub fn job_ids(dms: &Dms, device: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(dms.dir.path().join("dms.sqlite3")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id FROM jobs WHERE device = ?1 ORDER BY created_at_ms")
+        .unwrap();
+    let rows = stmt.query_map([device], |r| r.get::<_, String>(0)).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// Waits for the DMS to hold `n` jobs for a device.
+pub async fn wait_jobs(dms: &Dms, device: &str, n: usize) -> Vec<String> {
+    for _ in 0..400 {
+        let ids = job_ids(dms, device);
+        if ids.len() >= n {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no job for {device}");
+}
+
+/// Waits until a job's timeline holds `step`.
+pub async fn wait_step(dms: &Dms, job: &str, step: &str) -> serde_json::Value {
+    for _ in 0..400 {
+        let j = dms.job(job).await;
+        if steps(&j).iter().any(|s| s == step) {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {job} never recorded {step}: {:#}", dms.job(job).await);
 }

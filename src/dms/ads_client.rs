@@ -1,0 +1,279 @@
+//! The DMS's side of the ADS: a pool of nodes with health checks and weights, publishing a
+//! build to the chosen node if it lacks it (by content id), minting tickets, and verifying the
+//! nodes' download callbacks.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AdsNodeConfig;
+use crate::webhook::sign::Signer;
+
+/// ADS client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AdsClientError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid CA certificate for ADS node {0}")]
+    BadCa(String),
+    #[error("ADS node {node}: {source}")]
+    Http {
+        node: String,
+        source: reqwest::Error,
+    },
+    #[error("ADS node {node} answered {status}: {body}")]
+    Status {
+        node: String,
+        status: u16,
+        body: String,
+    },
+    #[error("invalid callback secret for ADS node {0}")]
+    BadSecret(String),
+}
+
+/// One node.
+pub struct AdsNode {
+    pub name: String,
+    pub admin_url: String,
+    token: String,
+    pub weight: u32,
+    pub healthy: AtomicBool,
+    signer: Signer,
+    http: reqwest::Client,
+}
+
+/// A ticket as the ADS mints it.
+#[derive(Debug, Deserialize)]
+pub struct Ticket {
+    pub id: String,
+    pub url: String,
+    pub blake3: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+fn read(path: &Path) -> Result<String, AdsClientError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| AdsClientError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl AdsNode {
+    pub fn new(cfg: &AdsNodeConfig) -> Result<Self, AdsClientError> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(300))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &cfg.ca_cert {
+            let pem = std::fs::read(ca).map_err(|source| AdsClientError::Read {
+                path: ca.clone(),
+                source,
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|_| AdsClientError::BadCa(cfg.name.clone()))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().map_err(|source| AdsClientError::Http {
+            node: cfg.name.clone(),
+            source,
+        })?;
+        let signer = Signer::from_secrets(&read(&cfg.callback_secret_file)?)
+            .map_err(|_| AdsClientError::BadSecret(cfg.name.clone()))?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            admin_url: cfg.admin_url.trim_end_matches('/').to_string(),
+            token: read(&cfg.admin_token_file)?,
+            weight: cfg.weight.max(1),
+            healthy: AtomicBool::new(true),
+            signer,
+            http,
+        })
+    }
+
+    fn err(&self, source: reqwest::Error) -> AdsClientError {
+        AdsClientError::Http {
+            node: self.name.clone(),
+            source,
+        }
+    }
+
+    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, AdsClientError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(AdsClientError::Status {
+            node: self.name.clone(),
+            status: resp.status().as_u16(),
+            body: resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect(),
+        })
+    }
+
+    /// Checks `/healthz` and records the outcome.
+    pub async fn probe(&self) -> bool {
+        let ok = matches!(
+            self.http
+                .get(format!("{}/healthz", self.admin_url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await,
+            Ok(r) if r.status().is_success()
+        );
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            tracing::warn!(node = %self.name, healthy = ok, "ADS node health changed");
+        }
+        ok
+    }
+
+    /// Publishes the build at `path` unless the node already holds it (content-addressed id).
+    pub async fn ensure_published(
+        &self,
+        id: &str,
+        name: &str,
+        version: &str,
+        path: &Path,
+    ) -> Result<(), AdsClientError> {
+        let r = self
+            .http
+            .get(format!("{}/v1/components/{id}", self.admin_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        if r.status().is_success() {
+            return Ok(());
+        }
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| AdsClientError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let r = self
+            .http
+            .post(format!("{}/v1/components", self.admin_url))
+            .query(&[("name", name), ("version", version)])
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        self.check(r).await?;
+        Ok(())
+    }
+
+    /// Mints a one-time URL for `component`.
+    pub async fn mint(
+        &self,
+        component: &str,
+        device: &str,
+        callback_url: &str,
+        context: serde_json::Value,
+        ttl_secs: u64,
+    ) -> Result<Ticket, AdsClientError> {
+        let r = self
+            .http
+            .post(format!("{}/v1/tickets", self.admin_url))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({
+                "component": component,
+                "ttl_secs": ttl_secs,
+                "device_id": device,
+                "callback_url": callback_url,
+                "context": context,
+            }))
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        let r = self.check(r).await?;
+        r.json().await.map_err(|e| self.err(e))
+    }
+}
+
+/// The configured nodes.
+pub struct AdsPool {
+    pub nodes: Vec<Arc<AdsNode>>,
+}
+
+impl AdsPool {
+    pub fn new(cfgs: &[AdsNodeConfig]) -> Result<Self, AdsClientError> {
+        Ok(Self {
+            nodes: cfgs
+                .iter()
+                .map(|c| AdsNode::new(c).map(Arc::new))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A healthy node, chosen at random in proportion to the weights.
+    pub fn pick(&self) -> Option<Arc<AdsNode>> {
+        let healthy: Vec<&Arc<AdsNode>> = self
+            .nodes
+            .iter()
+            .filter(|n| n.healthy.load(Ordering::Relaxed))
+            .collect();
+        let total: u32 = healthy.iter().map(|n| n.weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut x = rand::random::<u32>() % total;
+        for n in healthy {
+            if x < n.weight {
+                return Some(n.clone());
+            }
+            x -= n.weight;
+        }
+        None
+    }
+
+    /// Verifies a callback against every node's secret; returns the node that signed it.
+    pub fn verify(
+        &self,
+        id: &str,
+        ts: u64,
+        body: &[u8],
+        sig: &str,
+        now: u64,
+    ) -> Option<Arc<AdsNode>> {
+        self.nodes
+            .iter()
+            .find(|n| n.signer.verify(id, ts, body, sig, now, 300).is_ok())
+            .cloned()
+    }
+
+    /// Probes every node now, then every `every` until `shutdown`.
+    pub async fn health_loop(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        loop {
+            for n in &self.nodes {
+                n.probe().await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {},
+            }
+        }
+    }
+}
