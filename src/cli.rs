@@ -25,6 +25,9 @@ pub enum Command {
     Dms(DmsArgs),
     /// Run one device agent, or a fleet of them.
     Device(DeviceArgs),
+    /// Start everything on loopback, run every flow and its alternatives, print a table; exit
+    /// non-zero if any failed.
+    Demo(DemoArgs),
     /// Publish a component file on an ADS through its admin API.
     Publish(PublishArgs),
     /// Mint a signed download URL for a published component.
@@ -197,6 +200,9 @@ pub struct DeviceArgs {
     /// Ask the DMS for an operation, as OPERATION:COMPONENT (e.g. install:fw).
     #[arg(long)]
     pub request_op: Option<String>,
+    /// With --request: the delivery to ask for (dm, alternate, auto).
+    #[arg(long)]
+    pub delivery: Option<String>,
     /// With --request/--request-op: ask the DMS to read DevDetail and inventory first.
     #[arg(long)]
     pub inventory_first: bool,
@@ -224,4 +230,12 @@ pub struct DeviceArgs {
     /// MaxObjSize advertised to the DMS.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_obj_size: u64,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's data here (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }

@@ -17,6 +17,8 @@
 //!   and timeouts, graceful shutdown.
 //! - [`cli`]: clap definitions of every subcommand and flag (no logic).
 //! - [`client`]: the admin API client used by `publish` and `mint`.
+//! - [`stack`]: ADS + DMS wired together in one process (`up`, `demo`).
+//! - [`demo`]: every flow on loopback, checked against the seed steps, as a table.
 //! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
 //! - [`webhook`]: Standard Webhooks signing, the durable outbox and the retrying dispatcher,
 //!   shared by the ADS callbacks and the DMS webhooks.
@@ -28,10 +30,12 @@ pub mod ads;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod device;
 pub mod dms;
 pub mod net;
 pub mod scomo;
 pub mod secrets;
+pub mod stack;
 pub mod syncml;
 pub mod webhook;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use scomo_ads::cli::{Cli, Command, DeviceArgs, DmsArgs, ServeArgs};
+use scomo_ads::cli::{Cli, Command, DemoArgs, DeviceArgs, DmsArgs, ServeArgs};
 use scomo_ads::client::{AdminClient, AdminTarget};
 use scomo_ads::config::{AdsConfig, Config, DmsConfig, Secret};
 
@@ -43,6 +43,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Dms(args) => dms(args).await,
         Command::Device(args) => device(args).await,
+        Command::Demo(args) => demo(args).await,
         Command::Publish(args) => {
             let target = AdminTarget::resolve(
                 &args.admin.admin_url,
@@ -295,6 +296,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
         provision: args.api_url.clone().zip(args.api_token.clone()),
         request,
         inventory_first: args.inventory_first,
+        delivery: args.delivery.clone(),
     };
     let has_request = cfg.request.is_some();
     let (report, _agents) = fleet::run(cfg, shutdown.clone()).await?;
@@ -321,24 +323,38 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match args.data {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!("starting ADS, DMS, EMI receiver and devices on loopback ...");
+    let rows = scomo_ads::demo::run(&dir).await?;
+    print!("{}", scomo_ads::demo::table(&rows));
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} flows failed", rows.len());
+    }
+    println!("all {} flows passed", rows.len());
+    Ok(())
+}
+
 async fn up(args: ServeArgs) -> anyhow::Result<()> {
     let root = args
         .data
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("./data"));
-    let mut ads_args = args;
-    ads_args.data = Some(root.join("ads"));
-    let ads = ads_config(ads_args)?;
-    let mut dmsc = Config::default().dms;
-    dmsc.data_dir = root.join("dms");
+    let mut dmsc = Config::load(args.config.as_deref())?.dms;
     dms_secrets_from_env(&mut dmsc);
+    let ads = ads_config(args)?;
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
-    let node = scomo_ads::ads::start(ads, shutdown.clone())
+    let (node, dms) = scomo_ads::stack::start(&root, ads, dmsc, shutdown)
         .await
-        .context("starting the ADS node")?;
-    let dms = scomo_ads::dms::start(dmsc, shutdown)
-        .await
-        .context("starting the DMS")?;
+        .context("starting the ADS and the DMS")?;
     print_ads(&node);
     print_dms(&dms);
     println!();

@@ -383,3 +383,45 @@ async fn a_url_spent_before_the_device_had_every_byte_is_reminted_once() {
     assert!(std::fs::read(dev.dir.path().join("device.objects/fw")).unwrap() == bytes);
     assert_eq!(emi_events_for(&dms, &job).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_downloads_through_the_ads() {
+    let (dms, mut nodes) = start_stack(&[("edge-1", 1)], "dm").await;
+    let ads = nodes.remove(0);
+    catalog(&dms).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = device_config(
+        &dms,
+        "IMEI:fleet",
+        &dir.path().join("state.json"),
+        Default::default(),
+    );
+    base.state_path = dir.path().join("state.json");
+    base.ca_certs.push(ads.cert());
+    let cfg = scomo_ads::device::fleet::FleetConfig {
+        base,
+        count: 6,
+        notify_listen: "127.0.0.1:0".parse().unwrap(),
+        provision: Some((dms.handle.api_url.clone(), dms.handle.api_token.clone())),
+        request: Some(scomo_ads::device::fleet::Request::Component("fw".into())),
+        inventory_first: false,
+        delivery: Some("alternate".into()),
+    };
+    let (report, _agents) = scomo_ads::device::fleet::run(cfg, dms.shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!((report.succeeded, report.failed), (6, 0));
+    assert!(report.per_second() > 0.0 && report.percentile(99.0) >= report.percentile(50.0));
+    let metrics = client(&ads.cert())
+        .get(ads.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("scomo_ads_tickets_completed_total 6\n"),
+        "{metrics}"
+    );
+}

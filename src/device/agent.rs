@@ -207,9 +207,26 @@ impl Agent {
         name: &str,
         inventory_first: bool,
     ) -> Result<(), DeviceError> {
+        self.request_component_via(name, inventory_first, None)
+            .await
+    }
+
+    /// Like [`Agent::request_component`], asking for a delivery mechanism (`dm`, `alternate`).
+    pub async fn request_component_via(
+        self: &Arc<Self>,
+        name: &str,
+        inventory_first: bool,
+        delivery: Option<&str>,
+    ) -> Result<(), DeviceError> {
         let mut data = format!("<Name>{}</Name>", quick_xml::escape::escape(name));
         if inventory_first {
             data.push_str("<InventoryFirst>true</InventoryFirst>");
+        }
+        if let Some(d) = delivery {
+            data.push_str(&format!(
+                "<Delivery>{}</Delivery>",
+                quick_xml::escape::escape(d)
+            ));
         }
         let item = Item {
             meta: Meta {

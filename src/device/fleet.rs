@@ -27,6 +27,8 @@ pub struct FleetConfig {
     pub provision: Option<(String, String)>,
     pub request: Option<Request>,
     pub inventory_first: bool,
+    /// Delivery to ask for with a component request (`dm`, `alternate`, `auto`).
+    pub delivery: Option<String>,
 }
 
 /// The outcome of a fleet run.
@@ -144,10 +146,14 @@ pub async fn run(
         let a = a.clone();
         let request = request.clone();
         let inv = cfg.inventory_first;
+        let delivery = cfg.delivery.clone();
         set.spawn(async move {
             let t0 = Instant::now();
             let r = match &request {
-                Request::Component(name) => a.request_component(name, inv).await,
+                Request::Component(name) => {
+                    a.request_component_via(name, inv, delivery.as_deref())
+                        .await
+                }
                 Request::Operation(op, name) => a.request_operation(op, name, inv).await,
             };
             (r, t0.elapsed())

@@ -736,11 +736,15 @@ impl Engine {
             }
         };
         let inventory_first = tag(data, "InventoryFirst").is_some_and(|v| v == "true");
+        let delivery = match tag(data, "Delivery").as_deref() {
+            Some(d @ ("dm" | "alternate" | "auto")) => d.to_string(),
+            _ => self.cfg.default_delivery.clone(),
+        };
         let mut job = new_job(
             &s.device,
             op,
             (!name.is_empty()).then_some(name),
-            &self.cfg.default_delivery,
+            &delivery,
             inventory_first,
             "device",
         );

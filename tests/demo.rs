@@ -1,0 +1,91 @@
+//! The newcomer's commands: `demo` runs every flow and passes; `up` serves ADS + DMS wired
+//! together and prints where.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[test]
+fn demo_runs_every_flow_and_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("demo")
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for flow in scomo_ads::demo::FLOWS {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(flow))
+            .unwrap_or_else(|| panic!("no row for {flow}:\n{stdout}"));
+        assert!(line.contains(" pass "), "{line}");
+    }
+    assert!(stdout.contains("all 11 flows passed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_ads_and_the_dms_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("up.toml");
+    std::fs::write(
+        &cfg,
+        "[ads]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[dms]\nlisten = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .arg("up")
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("SCOMO_ADS_ADMIN_TOKEN")
+        .env_remove("SCOMO_DMS_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut api = None;
+    let mut admin = None;
+    for _ in 0..40 {
+        let Some(Ok(l)) = lines.next() else { break };
+        if let Some(u) = l.strip_prefix("DMS EMI API   ") {
+            api = Some(u.trim().to_string());
+        }
+        if let Some(u) = l.strip_prefix("ADS admin     ") {
+            admin = Some(u.trim().to_string());
+        }
+        if api.is_some() && admin.is_some() {
+            break;
+        }
+    }
+    let (api, admin) = (
+        api.expect("DMS API printed"),
+        admin.expect("ADS admin printed"),
+    );
+    let data = dir.path().join("data");
+    for (url, cert) in [
+        (api, data.join("dms/tls/cert.pem")),
+        (admin, data.join("ads/tls/cert.pem")),
+    ] {
+        let r = client(&cert)
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
