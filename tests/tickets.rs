@@ -386,3 +386,47 @@ async fn an_empty_component_is_delivered_by_one_get() {
     assert_eq!(node.ticket(&id).await["state"], "completed");
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_link_is_persisted_lazily_but_its_end_survives_a_restart() {
+    let (node, _data, comp) = setup(5_000).await;
+    let m = node
+        .mint_with(json!({"component": comp, "ttl_secs": 600, "max_deliveries": 3}))
+        .await;
+    let c = client(&node.cert());
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(&m.url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len(),
+            5_000
+        );
+    }
+    assert_eq!(
+        c.get(&m.url).send().await.unwrap().status(),
+        StatusCode::GONE
+    );
+    // Stop the node and start a new one on the same directory.
+    let dir = node.dir;
+    node.shutdown.cancel();
+    node.handle.wait().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cfg = test_config(dir.path());
+    cfg.http_listen = None;
+    let again = scomo_ads::ads::start(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let token = m.url.rsplit_once("/d/").unwrap().1;
+    let url = format!("{}/d/{token}", again.public_url);
+    let r = client(&again.cert_path).get(&url).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::GONE,
+        "a spent shared link stays spent"
+    );
+}

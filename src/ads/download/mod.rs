@@ -186,7 +186,7 @@ impl DownloadPlane {
             Tracker::new(guard, None, done)
         } else {
             let begin = guard.begin(&planned);
-            Tracker::new(guard, Some(begin), None)
+            Tracker::new(guard, begin, None)
         };
         let body = std::mem::replace(resp.body_mut(), DownloadBody::empty());
         *resp.body_mut() = body.tracked(tracker);

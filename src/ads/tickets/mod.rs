@@ -115,6 +115,20 @@ pub struct TicketRecord {
     pub max_bytes: Option<u64>,
 }
 
+impl TicketRecord {
+    /// A shared link: several deliveries and nobody to call back (load tests, shared links).
+    /// Its progress is persisted lazily (every [`SHARED_PERSIST_EVERY`] requests or
+    /// deliveries, and when it ends) without holding responses back: a crash may lose the last
+    /// few counts, which nobody is waiting for. One-time tickets and tickets with a callback
+    /// keep the full write-ahead discipline.
+    pub fn is_shared(&self) -> bool {
+        self.max_deliveries > 1 && self.callback_url.is_none()
+    }
+}
+
+/// How often a shared link's progress is written.
+pub const SHARED_PERSIST_EVERY: u64 = 1024;
+
 /// What changes as a ticket is used (persisted as a whole).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -265,12 +279,17 @@ pub struct RequestGuard {
     reserved: u64,
     planned: u64,
     sent: u64,
+    /// This request's completion already persisted its progress and settled its intent.
+    settled: bool,
 }
 
 impl RequestGuard {
     /// Records the planned ranges as an intent; the returned receiver resolves once that is
-    /// durable. No body byte may leave before it does.
-    pub fn begin(&self, ranges: &Coverage) -> oneshot::Receiver<Result<(), StoreError>> {
+    /// durable. No body byte may leave before it does. Shared links need no intent (`None`).
+    pub fn begin(&self, ranges: &Coverage) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+        if self.ticket.record.is_shared() {
+            return None;
+        }
         let (ack, rx) = oneshot::channel();
         let op = Op::Begin {
             ticket: self.ticket.record.id,
@@ -281,9 +300,9 @@ impl RequestGuard {
         if let Err(e) = self.tickets.inner.writer.send(op) {
             let (ack, rx) = oneshot::channel();
             let _ = ack.send(Err(e));
-            return rx;
+            return Some(rx);
         }
-        rx
+        Some(rx)
     }
 
     /// Credits object bytes `[start, end)` as written to the connection. If this completes the
@@ -340,24 +359,41 @@ impl RequestGuard {
             p.snap.coverage = Coverage::new();
             p.snap.tentative = Coverage::new();
         }
-        let snapshot = Box::new(p.snap.clone());
-        let (ack, rx) = oneshot::channel();
-        // Sent while holding the lock so the writer sees snapshots in the order they were taken.
-        let sent = self.tickets.inner.writer.send(Op::Transition {
-            ticket: t.record.id,
-            snapshot,
-            event,
-            ack: Some(ack),
-        });
-        drop(p);
-        if sent.is_err() {
-            tracing::error!("ticket writer gone; completion not persisted");
-        }
         self.tickets
             .inner
             .metrics
             .tickets_completed
             .fetch_add(1, Ordering::Relaxed);
+        if t.record.is_shared() {
+            let ended = p.snap.state == TicketState::Completed;
+            if ended || u64::from(p.snap.deliveries) % SHARED_PERSIST_EVERY == 0 {
+                let _ = self.tickets.inner.writer.send(Op::Transition {
+                    ticket: t.record.id,
+                    snapshot: Box::new(p.snap.clone()),
+                    event: None,
+                    ack: None,
+                    settles: None,
+                });
+            }
+            return None;
+        }
+        let snapshot = Box::new(p.snap.clone());
+        let (ack, rx) = oneshot::channel();
+        // Sent while holding the lock so the writer sees snapshots in the order they were taken.
+        // A request that ends the ticket with its last byte needs no separate `End`.
+        let settles = (finished && p.snap.state == TicketState::Completed).then_some(self.req);
+        self.settled = settles.is_some();
+        let sent = self.tickets.inner.writer.send(Op::Transition {
+            ticket: t.record.id,
+            snapshot,
+            event,
+            ack: Some(ack),
+            settles,
+        });
+        drop(p);
+        if sent.is_err() {
+            tracing::error!("ticket writer gone; completion not persisted");
+        }
         Some(rx)
     }
 }
@@ -368,6 +404,9 @@ impl Drop for RequestGuard {
         let mut p = t.lock();
         p.active = p.active.saturating_sub(1);
         p.reserved_bytes = p.reserved_bytes.saturating_sub(self.reserved);
+        if self.settled || (t.record.is_shared() && p.snap.requests % SHARED_PERSIST_EVERY != 0) {
+            return;
+        }
         let snapshot = Box::new(p.snap.clone());
         let _ = self.tickets.inner.writer.send(Op::End {
             ticket: t.record.id,
@@ -742,6 +781,7 @@ impl Tickets {
             reserved: len,
             planned: len,
             sent: 0,
+            settled: false,
         })
     }
 
@@ -806,6 +846,7 @@ impl Tickets {
                 snapshot: Box::new(snap.clone()),
                 event,
                 ack: Some(ack),
+                settles: None,
             })?;
             snap
         };

@@ -95,6 +95,8 @@ pub enum Op {
         snapshot: Box<Snapshot>,
         event: Option<NewEvent>,
         ack: Option<Ack>,
+        /// The request whose intent this also settles (it will send no `End`).
+        settles: Option<u64>,
     },
     Load {
         ticket: TicketId,
@@ -295,7 +297,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> Result<Reply, StoreError> {
             snapshot,
             event,
             ack,
+            settles,
         } => {
+            if let Some(req) = settles {
+                tx.prepare_cached(
+                    "DELETE FROM ticket_intents WHERE ticket_id = ?1 AND req_id = ?2",
+                )?
+                .execute(params![ticket.to_hex(), req as i64])?;
+            }
             save_snapshot(tx, ticket, &snapshot)?;
             if let Some(e) = event {
                 outbox::enqueue(tx, &e.event_id, e.kind, &e.url, &e.payload, now_ms())
