@@ -23,8 +23,8 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     #[error("the admin API answered {status}: {message}")]
     Api { status: u16, message: String },
-    #[error("invalid CA certificate {0}")]
-    BadCa(PathBuf),
+    #[error(transparent)]
+    Trust(#[from] crate::net::tls::TrustError),
 }
 
 /// Where the admin API is and how to authenticate to it.
@@ -70,16 +70,10 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(target: AdminTarget) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder().use_rustls_tls();
-        if let Some(ca) = &target.ca_cert {
-            let pem = std::fs::read(ca).map_err(|source| ClientError::Read {
-                path: ca.clone(),
-                source,
-            })?;
-            let cert =
-                reqwest::Certificate::from_pem(&pem).map_err(|_| ClientError::BadCa(ca.clone()))?;
-            builder = builder.add_root_certificate(cert);
-        }
+        let builder = crate::net::tls::trust(
+            reqwest::Client::builder().use_rustls_tls(),
+            target.ca_cert.as_slice(),
+        )?;
         Ok(Self {
             target,
             http: builder.build()?,

@@ -57,6 +57,8 @@ pub enum AdsError {
     CallbackSecret(#[from] crate::webhook::sign::SignError),
     #[error("cannot build the callback HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Trust(#[from] tls::TrustError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -287,17 +289,10 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
 
 /// The HTTP client callbacks are delivered with: system roots plus the configured extra CAs.
 fn callback_client(cas: &[PathBuf]) -> Result<reqwest::Client, AdsError> {
-    let mut b = reqwest::Client::builder()
+    let b = reqwest::Client::builder()
         .use_rustls_tls()
         .user_agent(concat!("scomo-ads/", env!("CARGO_PKG_VERSION")));
-    for ca in cas {
-        let pem = std::fs::read(ca).map_err(|source| AdsError::DataDir {
-            path: ca.clone(),
-            source,
-        })?;
-        let cert = reqwest::Certificate::from_pem(&pem)?;
-        b = b.add_root_certificate(cert);
-    }
+    let b = tls::trust(b, cas)?;
     Ok(b.build()?)
 }
 

@@ -80,8 +80,8 @@ pub enum DeviceError {
     Runaway(u32),
     #[error("package 0 refused: {0}")]
     Notification(#[from] pkg0::Pkg0Error),
-    #[error("invalid CA certificate {0}")]
-    BadCa(PathBuf),
+    #[error(transparent)]
+    Trust(#[from] crate::net::tls::TrustError),
 }
 
 /// What opens a session.
@@ -142,16 +142,8 @@ impl Agent {
         let _ = state.tree.add_interior("./SCOMO/Download");
         let _ = state.tree.add_interior("./SCOMO/Inventory/Delivered");
         let _ = state.tree.add_interior("./SCOMO/Inventory/Deployed");
-        let mut builder = reqwest::Client::builder().use_rustls_tls();
-        for ca in &cfg.ca_certs {
-            let pem = std::fs::read(ca).map_err(|source| DeviceError::State {
-                path: ca.clone(),
-                source,
-            })?;
-            let cert =
-                reqwest::Certificate::from_pem(&pem).map_err(|_| DeviceError::BadCa(ca.clone()))?;
-            builder = builder.add_root_certificate(cert);
-        }
+        let builder =
+            crate::net::tls::trust(reqwest::Client::builder().use_rustls_tls(), &cfg.ca_certs)?;
         let http = builder
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
@@ -512,7 +504,7 @@ impl Agent {
             let mut commands = vec![Command::Status(hdr_ack)];
             commands.extend(answers);
             for (i, c) in commands.iter_mut().enumerate() {
-                set_cmd_id(c, i as u32 + 1);
+                c.set_cmd_id(i as u32 + 1);
             }
             out = Message {
                 header: header(msg_id, None),
@@ -904,21 +896,6 @@ impl Agent {
             }
             _ => (ResultCode::NotImplemented.code(), None),
         }
-    }
-}
-
-fn set_cmd_id(c: &mut Command, id: u32) {
-    match c {
-        Command::Alert(x) => x.cmd_id = id,
-        Command::Add(x)
-        | Command::Replace(x)
-        | Command::Delete(x)
-        | Command::Copy(x)
-        | Command::Get(x) => x.cmd_id = id,
-        Command::Exec(x) => x.cmd_id = id,
-        Command::Sequence(x) | Command::Atomic(x) => x.cmd_id = id,
-        Command::Status(x) => x.cmd_id = id,
-        Command::Results(x) => x.cmd_id = id,
     }
 }
 

@@ -108,16 +108,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(FleetReport, Vec<Arc<Agent>>), DeviceError> {
     let mut agents = Vec::new();
-    let mut http = reqwest::Client::builder().use_rustls_tls();
-    for ca in &cfg.base.ca_certs {
-        let pem = std::fs::read(ca).map_err(|source| DeviceError::State {
-            path: ca.clone(),
-            source,
-        })?;
-        let cert =
-            reqwest::Certificate::from_pem(&pem).map_err(|_| DeviceError::BadCa(ca.clone()))?;
-        http = http.add_root_certificate(cert);
-    }
+    let http = crate::net::tls::trust(
+        reqwest::Client::builder().use_rustls_tls(),
+        &cfg.base.ca_certs,
+    )?;
     let http = http.build()?;
     for i in 1..=cfg.count {
         let c = agent_config(&cfg.base, i, cfg.count);

@@ -21,8 +21,8 @@ pub enum AdsClientError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid CA certificate for ADS node {0}")]
-    BadCa(String),
+    #[error(transparent)]
+    Trust(#[from] crate::net::tls::TrustError),
     #[error("ADS node {node}: {source}")]
     Http {
         node: String,
@@ -70,19 +70,11 @@ fn read(path: &Path) -> Result<String, AdsClientError> {
 
 impl AdsNode {
     pub fn new(cfg: &AdsNodeConfig) -> Result<Self, AdsClientError> {
-        let mut b = reqwest::Client::builder()
+        let b = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(Duration::from_secs(300))
             .connect_timeout(Duration::from_secs(5));
-        if let Some(ca) = &cfg.ca_cert {
-            let pem = std::fs::read(ca).map_err(|source| AdsClientError::Read {
-                path: ca.clone(),
-                source,
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|_| AdsClientError::BadCa(cfg.name.clone()))?;
-            b = b.add_root_certificate(cert);
-        }
+        let b = crate::net::tls::trust(b, cfg.ca_cert.as_slice())?;
         let http = b.build().map_err(|source| AdsClientError::Http {
             node: cfg.name.clone(),
             source,

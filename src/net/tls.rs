@@ -134,3 +134,33 @@ pub fn client_config_trusting(ca_pem: &Path) -> Result<rustls::ClientConfig, Tls
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// Why extra CA certificates could not be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read CA certificate {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a PEM CA certificate")]
+    NotPem(PathBuf),
+}
+
+/// Adds each PEM CA certificate in `cas` to an HTTP client's trusted roots (beside the
+/// system's): how every client of ours trusts generated self-signed certificates.
+pub fn trust(
+    mut builder: reqwest::ClientBuilder,
+    cas: &[PathBuf],
+) -> Result<reqwest::ClientBuilder, TrustError> {
+    for ca in cas {
+        let pem = std::fs::read(ca).map_err(|source| TrustError::Read {
+            path: ca.clone(),
+            source,
+        })?;
+        let cert =
+            reqwest::Certificate::from_pem(&pem).map_err(|_| TrustError::NotPem(ca.clone()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
+}

@@ -246,6 +246,22 @@ impl Command {
         }
     }
 
+    /// Renumbers the command (messages number their commands in order).
+    pub fn set_cmd_id(&mut self, id: u32) {
+        match self {
+            Command::Alert(c) => c.cmd_id = id,
+            Command::Add(c)
+            | Command::Replace(c)
+            | Command::Delete(c)
+            | Command::Copy(c)
+            | Command::Get(c) => c.cmd_id = id,
+            Command::Exec(c) => c.cmd_id = id,
+            Command::Sequence(c) | Command::Atomic(c) => c.cmd_id = id,
+            Command::Status(c) => c.cmd_id = id,
+            Command::Results(c) => c.cmd_id = id,
+        }
+    }
+
     /// The items a command carries (none for containers).
     pub fn items(&self) -> &[Item] {
         match self {
