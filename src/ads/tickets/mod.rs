@@ -466,6 +466,7 @@ struct Inner {
     writer: Writer,
     live: moka::sync::Cache<TicketId, Arc<LiveTicket>>,
     objects: moka::sync::Cache<String, Arc<ServedObject>>,
+    metas: moka::sync::Cache<String, Arc<ComponentMeta>>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     next_req: AtomicU64,
@@ -504,6 +505,7 @@ impl Tickets {
                     .support_invalidation_closures()
                     .build(),
                 objects: moka::sync::Cache::builder().max_capacity(100_000).build(),
+                metas: moka::sync::Cache::builder().max_capacity(100_000).build(),
                 registry: Arc::new(Mutex::new(HashMap::new())),
                 metrics,
                 next_req: AtomicU64::new(rand::random::<u32>() as u64),
@@ -618,12 +620,22 @@ impl Tickets {
         }
         let expires_at = (now + ttl).min(u64::from(u32::MAX));
         let component = req.component.clone();
-        let meta = self
-            .inner
-            .store
-            .run(move |s| s.component(&component))
-            .await?
-            .ok_or_else(|| TicketError::UnknownComponent(req.component.clone()))?;
+        // Components are immutable: minting reads their metadata from memory after the first
+        // ticket (deletion invalidates it).
+        let meta = match self.inner.metas.get(&component) {
+            Some(m) => m,
+            None => {
+                let found = self
+                    .inner
+                    .store
+                    .run(move |s| s.component(&component))
+                    .await?
+                    .ok_or_else(|| TicketError::UnknownComponent(req.component.clone()))?;
+                let m = Arc::new(found);
+                self.inner.metas.insert(m.id.clone(), m.clone());
+                m
+            }
+        };
         if let Some(b) = req.max_bytes {
             if b < meta.size {
                 return Err(TicketError::BadRequest(format!(
@@ -668,8 +680,8 @@ impl Tickets {
             .to_string(),
             expires_at_unix: expires_at,
             size: meta.size,
-            blake3: meta.blake3,
-            sha256: meta.sha256,
+            blake3: meta.blake3.clone(),
+            sha256: meta.sha256.clone(),
         })
     }
 
@@ -884,6 +896,7 @@ impl Tickets {
     /// Forgets cached state of a deleted component.
     pub fn forget_component(&self, id: &str) {
         self.inner.objects.invalidate(id);
+        self.inner.metas.invalidate(id);
         let id = id.to_string();
         let _ = self
             .inner
