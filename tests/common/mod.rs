@@ -689,3 +689,23 @@ pub async fn wait_step(dms: &Dms, job: &str, step: &str) -> serde_json::Value {
     }
     panic!("job {job} never recorded {step}: {:#}", dms.job(job).await);
 }
+
+/// Whether an external tool a test drives as a real peer is available. `.ci/run` installs them
+/// and sets `SCOMO_REQUIRE_TOOLS=1`, which turns a missing tool into a failure; a plain
+/// `cargo test` on a machine with only the Rust toolchain skips those few tests, loudly.
+pub fn tool_available(probe: &[&str]) -> bool {
+    let ok = Command::new(probe[0])
+        .args(&probe[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var_os("SCOMO_REQUIRE_TOOLS").is_some() {
+            panic!("{probe:?} is required (SCOMO_REQUIRE_TOOLS is set); .ci/run installs it");
+        }
+        eprintln!("SKIPPED: {probe:?} is not available on this machine (.ci/run installs it)");
+    }
+    ok
+}
