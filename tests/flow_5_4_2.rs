@@ -425,3 +425,57 @@ async fn a_fleet_downloads_through_the_ads() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ads_node_down_falls_back_in_band_or_fails_clearly() {
+    // Fallback allowed (the default): delivered over DM instead.
+    let (dms, mut nodes) = start_stack(&[("edge-1", 1)], "alternate").await;
+    let ads = nodes.remove(0);
+    let (bytes, _) = catalog(&dms).await;
+    ads.shutdown.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let dev = start_device_trusting(&dms, "IMEI:5009", Default::default(), &[&ads]).await;
+    let job = dms
+        .create_job(json!({"device": "IMEI:5009", "operation": "download", "component": "fw"}))
+        .await;
+    let j = dms.wait_job(&job, 60).await;
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    let mech = j["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "mechanism_chosen")
+        .unwrap();
+    assert!(
+        mech["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no ADS node available"),
+        "{mech}"
+    );
+    assert!(std::fs::read(dev.dir.path().join("device.objects/fw")).unwrap() == bytes);
+
+    // Fallback not allowed: the job fails with 1501 and a reason the EMI sees.
+    let dms2_dir = tempfile::tempdir().unwrap();
+    let cfg = ads_node_config("edge-1", &ads, 1);
+    let dms2 = start_dms_in(dms2_dir, move |c| {
+        c.ads_nodes = vec![cfg];
+        c.fallback_to_dm = false;
+        c.ads_health_interval_secs = 1;
+    })
+    .await;
+    catalog(&dms2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let _dev2 = start_device_trusting(&dms2, "IMEI:5010", Default::default(), &[&ads]).await;
+    let job = dms2
+        .create_job(json!({"device": "IMEI:5010", "operation": "download", "component": "fw", "delivery": "alternate"}))
+        .await;
+    let j = dms2.wait_job(&job, 60).await;
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["result_code"], 1501);
+    assert!(
+        j["reason"].as_str().unwrap().contains("no ADS node"),
+        "{j:#}"
+    );
+    assert_eq!(emi_events_for(&dms2, &job).await.len(), 1);
+}
