@@ -433,3 +433,27 @@ async fn a_shared_link_is_persisted_lazily_but_its_end_survives_a_restart() {
         "a spent shared link stays spent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_one_time_download_is_durably_consumed_when_its_response_ends() {
+    let (node, data, comp) = setup(1_024).await;
+    let (_id, url) = once(&node, &comp).await;
+    let c = client(&node.cert());
+    assert!(c.get(&url).send().await.unwrap().bytes().await.unwrap()[..] == data[..]);
+    // Stop at once: nothing may be left to write for the consumption to stick.
+    let dir = node.dir;
+    node.shutdown.cancel();
+    node.handle.wait().await;
+    let mut cfg = test_config(dir.path());
+    cfg.http_listen = None;
+    let again = scomo_ads::ads::start(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let token = url.rsplit_once("/d/").unwrap().1;
+    let r = client(&again.cert_path)
+        .get(format!("{}/d/{token}", again.public_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GONE);
+}

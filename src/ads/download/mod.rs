@@ -178,6 +178,13 @@ impl DownloadPlane {
             Ok(g) => g,
             Err(r) => return refused(r),
         };
+        // A response that goes out as one frame (one range inside one cache chunk) is held
+        // until its own completion is durable, so it needs no intent of its own.
+        let chunk = self.cache.chunk_size();
+        let single_frame = match planned.intervals() {
+            [(start, end)] => start / chunk == (end - 1) / chunk,
+            _ => false,
+        };
         let mut resp = self.build(obj, decision.unwrap_or(RangeDecision::Full), false);
         let tracker = if obj.size == 0 {
             // Nothing to send: an empty object is delivered by any successful GET.
@@ -185,7 +192,7 @@ impl DownloadPlane {
             let done = guard.credit(0, 0);
             Tracker::new(guard, None, done)
         } else {
-            let begin = guard.begin(&planned);
+            let begin = guard.begin(&planned, single_frame);
             Tracker::new(guard, begin, None)
         };
         let body = std::mem::replace(resp.body_mut(), DownloadBody::empty());

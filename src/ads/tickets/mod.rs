@@ -285,10 +285,30 @@ pub struct RequestGuard {
 
 impl RequestGuard {
     /// Records the planned ranges as an intent; the returned receiver resolves once that is
-    /// durable. No body byte may leave before it does. Shared links need no intent (`None`).
-    pub fn begin(&self, ranges: &Coverage) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+    /// durable. No body byte may leave before it does.
+    ///
+    /// No intent (`None`) for shared links, nor for a response sent as a single frame that
+    /// completes the ticket by itself: that frame is held until the completion is durable, so
+    /// either the node has recorded the delivery or no byte has left. This halves the commits
+    /// of the common one-time case (one GET of a small object).
+    pub fn begin(
+        &self,
+        ranges: &Coverage,
+        single_frame: bool,
+    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
         if self.ticket.record.is_shared() {
             return None;
+        }
+        if single_frame {
+            let p = self.ticket.lock();
+            let mut after = p.snap.coverage.clone();
+            after.merge(ranges);
+            if p.snap.tentative.is_empty()
+                && p.snap.state == TicketState::Downloading
+                && after.covers(self.ticket.object.size)
+            {
+                return None;
+            }
         }
         let (ack, rx) = oneshot::channel();
         let op = Op::Begin {
