@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY src ./src
 COPY tests ./tests
+COPY bench ./bench
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
@@ -14,7 +15,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/scomo-ads /usr/local/bin/scomo-ads
 USER scomo
 VOLUME ["/data"]
-# 8443: HTTPS downloads, 8444: HTTPS admin API, 8080: optional plain-HTTP downloads.
-EXPOSE 8443 8444 8080
+# 8443: HTTPS downloads, 8444: ADS admin API, 8445/8446: DMS (devices / EMI API) when running
+# `dms` or `up`, 8080: optional plain-HTTP downloads.
+EXPOSE 8443 8444 8445 8446 8080
 ENTRYPOINT ["scomo-ads"]
 CMD ["serve", "--data", "/data", "--listen", "0.0.0.0:8443", "--admin-listen", "0.0.0.0:8444"]
