@@ -89,3 +89,46 @@ async fn up_serves_the_ads_and_the_dms_together() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn no_secret_reaches_the_logs_of_a_full_demo_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("demo")
+        .arg("--data")
+        .arg(dir.path())
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.len() > 1000,
+        "debug logging produced too little to prove anything"
+    );
+    for f in [
+        "ads/admin.token",
+        "ads/mac.key",
+        "ads/callback.secret",
+        "dms/api.token",
+        "dms/emi.secret",
+    ] {
+        let secret = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let secret = secret.trim();
+        assert!(secret.len() >= 32, "{f}");
+        // The whole secret, and for whsec_ secrets the key part alone.
+        for needle in [secret, secret.trim_start_matches("whsec_")] {
+            assert!(!logs.contains(needle), "{f} appears in the logs");
+        }
+    }
+    let key = std::fs::read_to_string(dir.path().join("ads/tls/key.pem")).unwrap();
+    let body = key.lines().nth(1).unwrap();
+    assert!(
+        !logs.contains(body),
+        "the TLS private key appears in the logs"
+    );
+}
