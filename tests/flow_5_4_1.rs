@@ -523,3 +523,40 @@ async fn a_package_0_with_a_bad_digest_starts_no_session() {
     }
     panic!("no session after a genuine package 0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_device_is_refused_and_leaves_no_session_behind() {
+    let dms = start_dms().await;
+    let msg = scomo_ads::syncml::message::Message {
+        header: scomo_ads::syncml::message::Header {
+            session_id: "77".into(),
+            msg_id: 1,
+            target: scomo_ads::syncml::message::Location::uri(&dms.handle.dm_url),
+            source: scomo_ads::syncml::message::Location::uri("IMEI:stranger"),
+            ..Default::default()
+        },
+        commands: vec![scomo_ads::syncml::message::Command::Alert(
+            scomo_ads::syncml::message::Alert {
+                cmd_id: 1,
+                code: 1201,
+                ..Default::default()
+            },
+        )],
+        final_: true,
+    };
+    let r = dms
+        .client()
+        .post(&dms.handle.dm_url)
+        .header("content-type", "application/vnd.syncml.dm+xml")
+        .body(scomo_ads::syncml::codec::encode(&msg))
+        .send()
+        .await
+        .unwrap();
+    let reply =
+        scomo_ads::syncml::codec::decode(&r.bytes().await.unwrap(), &Default::default()).unwrap();
+    let scomo_ads::syncml::message::Command::Status(s) = &reply.commands[0] else {
+        panic!()
+    };
+    assert_eq!(s.code, 403);
+    assert!(!dms.handle.engine.in_session("IMEI:stranger"));
+}

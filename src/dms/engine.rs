@@ -375,8 +375,13 @@ impl Engine {
             let st = self.authenticate(s, msg).await?;
             statuses.push(st);
             if !s.authenticated {
+                // Keep the session for a retry with the new nonce, but not for an unknown
+                // device: strangers must not fill the session table.
+                let known = statuses
+                    .first()
+                    .is_some_and(|st| st.code != StatusCode::Forbidden.code());
                 let reply = self.compose(s, statuses, Vec::new(), true);
-                return Ok((reply, true));
+                return Ok((reply, known));
             }
         }
         let msg_ref = msg.header.msg_id;
