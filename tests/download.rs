@@ -345,3 +345,65 @@ async fn minted_urls_are_compact() {
     let (_node, _data, url) = setup().await;
     assert!(url.len() < 120, "{} bytes: {url}", url.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mac_key_rotation_keeps_old_urls_until_the_old_key_is_retired() {
+    let (node, data, old_url) = setup().await;
+    let comp = blake3::hash(&data).to_hex().to_string();
+    let dir = node.dir;
+    let old_key = std::fs::read_to_string(dir.path().join("mac.key")).unwrap();
+    node.shutdown.cancel();
+    node.handle.wait().await;
+    let restart = |dir: std::path::PathBuf| async move {
+        let mut cfg = test_config(&dir);
+        cfg.http_listen = None;
+        scomo_ads::ads::start(cfg, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    let token = |url: &str| url.rsplit_once("/d/").unwrap().1.to_string();
+    // Rotate: a new key on top, the old one still listed.
+    let new_key = "ab".repeat(32);
+    std::fs::write(
+        dir.path().join("mac.keys"),
+        format!("2:{new_key}\n1:{}\n", old_key.trim()),
+    )
+    .unwrap();
+    let n = restart(dir.path().to_path_buf()).await;
+    let c = client(&n.cert_path);
+    let r = c
+        .get(format!("{}/d/{}", n.public_url, token(&old_url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "old URLs verify during the rotation");
+    let minted: serde_json::Value = c
+        .post(format!("{}/v1/tickets", n.admin_url))
+        .bearer_auth(&n.admin_token)
+        .json(&serde_json::json!({"component": comp, "max_deliveries": 10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_url = minted["url"].as_str().unwrap().to_string();
+    n.shutdown();
+    n.wait().await;
+    // Retire the old key.
+    std::fs::write(dir.path().join("mac.keys"), format!("2:{new_key}\n")).unwrap();
+    let n = restart(dir.path().to_path_buf()).await;
+    let c = client(&n.cert_path);
+    let r = c
+        .get(format!("{}/d/{}", n.public_url, token(&old_url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "URLs of a retired key are refused");
+    let r = c
+        .get(format!("{}/d/{}", n.public_url, token(&new_url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "URLs of the new key work");
+}

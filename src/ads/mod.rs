@@ -131,12 +131,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         Some(t) if !t.0.is_empty() => (t.0.clone(), false),
         _ => secrets::load_or_create(&dir.join("admin.token"), secrets::random_hex32)?,
     };
-    let (mac_hex, _) = secrets::load_or_create(&dir.join("mac.key"), secrets::random_hex32)?;
-    let mac_key = secrets::parse_hex32(&mac_hex).ok_or(secrets::SecretError::Invalid {
-        path: dir.join("mac.key"),
-        why: "expected 64 hex digits",
-    })?;
-    let keyring = Keyring::single(1, mac_key);
+    let keyring = load_keyring(&dir)?;
     let identity =
         tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let acceptor = TlsAcceptor::from(identity.config.clone());
@@ -285,6 +280,54 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         shutdown,
         tasks,
     })
+}
+
+/// The URL-signing keys. `DIR/mac.keys`, when present, holds `id:hex` lines: the first key
+/// signs new URLs, the others still verify (a rotation: add the new key on top, restart, and
+/// drop the old line once its URLs have expired). Otherwise `DIR/mac.key` (generated at first
+/// start) is key 1.
+fn load_keyring(dir: &std::path::Path) -> Result<Keyring, AdsError> {
+    let rotated = dir.join("mac.keys");
+    let invalid = |why| secrets::SecretError::Invalid {
+        path: rotated.clone(),
+        why,
+    };
+    match std::fs::read_to_string(&rotated) {
+        Ok(text) => {
+            let mut keys = Vec::new();
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                let (id, hex) = line
+                    .split_once(':')
+                    .ok_or_else(|| invalid("lines must be id:hex"))?;
+                let id: u8 = id
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("key ids are 0-255"))?;
+                let key =
+                    secrets::parse_hex32(hex).ok_or_else(|| invalid("keys are 64 hex digits"))?;
+                keys.push((id, key));
+            }
+            Ok(Keyring::rotating(keys).ok_or_else(|| invalid("no key"))?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (mac_hex, _) =
+                secrets::load_or_create(&dir.join("mac.key"), secrets::random_hex32)?;
+            let mac_key = secrets::parse_hex32(&mac_hex).ok_or(secrets::SecretError::Invalid {
+                path: dir.join("mac.key"),
+                why: "expected 64 hex digits",
+            })?;
+            Ok(Keyring::single(1, mac_key))
+        }
+        Err(source) => Err(secrets::SecretError::Read {
+            path: rotated,
+            source,
+        }
+        .into()),
+    }
 }
 
 /// The HTTP client callbacks are delivered with: system roots plus the configured extra CAs.

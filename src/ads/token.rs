@@ -112,6 +112,12 @@ impl Keyring {
         }
     }
 
+    /// A keyring from `(id, key)` pairs: the first signs, all verify. `None` if empty.
+    pub fn rotating(keys: Vec<(u8, [u8; 32])>) -> Option<Self> {
+        let current = keys.first()?.0;
+        Some(Self { current, keys })
+    }
+
     fn key(&self, id: u8) -> Option<&[u8; 32]> {
         self.keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key)
     }
@@ -225,6 +231,24 @@ mod tests {
             ring().verify("ééééééééééééééééééééééééé", 0),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn rotation_old_keys_verify_until_retired() {
+        let old = Keyring::single(1, [1; 32]);
+        let tok = old.mint(TicketId([5; 16]), 100);
+        let rotated = Keyring::rotating(vec![(2, [2; 32]), (1, [1; 32])]).unwrap();
+        assert!(rotated.verify(&tok, 0).is_ok(), "old URLs still verify");
+        let new_tok = rotated.mint(TicketId([6; 16]), 100);
+        assert_eq!(
+            rotated.verify(&new_tok, 0).unwrap().key_id,
+            2,
+            "new URLs use the new key"
+        );
+        let retired = Keyring::rotating(vec![(2, [2; 32])]).unwrap();
+        assert_eq!(retired.verify(&tok, 0), Err(TokenError::BadSignature));
+        assert!(retired.verify(&new_tok, 0).is_ok());
+        assert!(Keyring::rotating(Vec::new()).is_none());
     }
 
     #[test]
