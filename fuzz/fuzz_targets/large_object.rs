@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(last) = items.last_mut() {
         last.more_data = false;
     }
-    let Ok((mut r, mut p)) = Reassembly::start(&items[0], 1 << 16) else { return };
+    let Ok((mut r, mut p)) = Reassembly::start(&items[0], 1 << 16) else {
+        return;
+    };
     for i in &items[1..] {
         match r.push(i) {
             Ok(next) => p = next,

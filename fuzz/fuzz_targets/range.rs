@@ -8,7 +8,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let size = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8])) % (1 << 40);
-    let Ok(header) = std::str::from_utf8(&data[8..]) else { return };
+    let Ok(header) = std::str::from_utf8(&data[8..]) else {
+        return;
+    };
     match decide(header, size, 16) {
         RangeDecision::Single(r) => assert!(r.start <= r.end && r.end < size),
         RangeDecision::Multi(v) => {
