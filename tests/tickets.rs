@@ -414,16 +414,9 @@ async fn a_shared_link_is_persisted_lazily_but_its_end_survives_a_restart() {
         c.get(&m.url).send().await.unwrap().status(),
         StatusCode::GONE
     );
-    // Stop the node and start a new one on the same directory.
-    let dir = node.dir;
-    node.shutdown.cancel();
-    node.handle.wait().await;
+    // Fire-and-forget writes of a shared link: give the writer a moment, then restart.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut cfg = test_config(dir.path());
-    cfg.http_listen = None;
-    let again = scomo_ads::ads::start(cfg, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap();
+    let (again, _dir) = restart(node).await;
     let token = m.url.rsplit_once("/d/").unwrap().1;
     let url = format!("{}/d/{token}", again.public_url);
     let r = client(&again.cert_path).get(&url).send().await.unwrap();
@@ -441,14 +434,7 @@ async fn a_small_one_time_download_is_durably_consumed_when_its_response_ends() 
     let c = client(&node.cert());
     assert!(c.get(&url).send().await.unwrap().bytes().await.unwrap()[..] == data[..]);
     // Stop at once: nothing may be left to write for the consumption to stick.
-    let dir = node.dir;
-    node.shutdown.cancel();
-    node.handle.wait().await;
-    let mut cfg = test_config(dir.path());
-    cfg.http_listen = None;
-    let again = scomo_ads::ads::start(cfg, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap();
+    let (again, _dir) = restart(node).await;
     let token = url.rsplit_once("/d/").unwrap().1;
     let r = client(&again.cert_path)
         .get(format!("{}/d/{token}", again.public_url))

@@ -573,22 +573,20 @@ pub fn device_config(
 }
 
 pub async fn start_device(dms: &Dms, id: &str, faults: scomo_ads::device::Faults) -> Device {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = scomo_ads::device::Agent::new(device_config(dms, id, dir.path(), faults)).unwrap();
-    let addr = scomo_ads::device::agent::listen_for_notifications(
-        agent.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-        dms.shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let notify_url = format!("http://{addr}/notify");
-    dms.provision(id, "dev-secret", Some(&notify_url)).await;
-    Device {
-        agent,
-        notify_url,
-        dir,
-    }
+    start_device_trusting(dms, id, faults, &[]).await
+}
+
+/// Stops `node` and starts a new one on the same data directory (no plain-HTTP listener).
+pub async fn restart(node: Node) -> (AdsHandle, tempfile::TempDir) {
+    let dir = node.dir;
+    node.shutdown.cancel();
+    node.handle.wait().await;
+    let mut cfg = test_config(dir.path());
+    cfg.http_listen = None;
+    let again = scomo_ads::ads::start(cfg, CancellationToken::new())
+        .await
+        .unwrap();
+    (again, dir)
 }
 
 /// The DMS's view of an ADS node started by a test.
