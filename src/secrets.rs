@@ -106,6 +106,14 @@ pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Whether an `Authorization` header value is `Bearer <token>` with exactly `token`
+/// (constant-time). The one check behind every bearer-protected API.
+pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| ct_eq(t.trim().as_bytes(), token.as_bytes()))
+}
+
 /// Compares two secrets in constant time (for equal lengths).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a, b))

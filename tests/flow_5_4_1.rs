@@ -299,40 +299,12 @@ async fn a_wrong_password_is_refused_then_the_right_one_recovers_with_the_new_no
 async fn missing_credentials_get_407_with_a_challenge() {
     let dms = start_dms().await;
     dms.provision("IMEI:1005", "dev-secret", None).await;
-    let msg = scomo_ads::syncml::message::Message {
-        header: scomo_ads::syncml::message::Header {
-            session_id: "1".into(),
-            msg_id: 1,
-            target: scomo_ads::syncml::message::Location::uri(&dms.handle.dm_url),
-            source: scomo_ads::syncml::message::Location::uri("IMEI:1005"),
-            ..Default::default()
-        },
-        commands: vec![scomo_ads::syncml::message::Command::Alert(
-            scomo_ads::syncml::message::Alert {
-                cmd_id: 1,
-                code: 1201,
-                ..Default::default()
-            },
-        )],
-        final_: true,
-    };
-    let r = dms
-        .client()
-        .post(&dms.handle.dm_url)
-        .header(
-            "content-type",
-            "application/vnd.syncml.dm+xml; charset=utf-8",
-        )
-        .body(scomo_ads::syncml::codec::encode(&msg))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let reply =
-        scomo_ads::syncml::codec::decode(&r.bytes().await.unwrap(), &Default::default()).unwrap();
-    let scomo_ads::syncml::message::Command::Status(s) = &reply.commands[0] else {
-        panic!()
-    };
+    let s = bare_alert_status(
+        &dms,
+        "IMEI:1005",
+        "application/vnd.syncml.dm+xml; charset=utf-8",
+    )
+    .await;
     assert_eq!((s.cmd.as_str(), s.code), ("SyncHdr", 407));
     let chal = s.chal.as_ref().unwrap();
     assert_eq!(chal.type_.as_deref(), Some("syncml:auth-md5"));
@@ -527,36 +499,47 @@ async fn a_package_0_with_a_bad_digest_starts_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_device_is_refused_and_leaves_no_session_behind() {
     let dms = start_dms().await;
-    let msg = scomo_ads::syncml::message::Message {
-        header: scomo_ads::syncml::message::Header {
+    let s = bare_alert_status(&dms, "IMEI:stranger", "application/vnd.syncml.dm+xml").await;
+    assert_eq!(s.code, 403);
+    assert!(!dms.handle.engine.in_session("IMEI:stranger"));
+}
+
+/// Posts package 1 of a client-initiated session without credentials, the way a minimal client
+/// would, and returns the DMS's status for the header.
+async fn bare_alert_status(
+    dms: &Dms,
+    device: &str,
+    content_type: &str,
+) -> scomo_ads::syncml::message::Status {
+    use scomo_ads::syncml::message::{Alert, Command, Header, Location, Message};
+    let msg = Message {
+        header: Header {
             session_id: "77".into(),
             msg_id: 1,
-            target: scomo_ads::syncml::message::Location::uri(&dms.handle.dm_url),
-            source: scomo_ads::syncml::message::Location::uri("IMEI:stranger"),
+            target: Location::uri(&dms.handle.dm_url),
+            source: Location::uri(device),
             ..Default::default()
         },
-        commands: vec![scomo_ads::syncml::message::Command::Alert(
-            scomo_ads::syncml::message::Alert {
-                cmd_id: 1,
-                code: 1201,
-                ..Default::default()
-            },
-        )],
+        commands: vec![Command::Alert(Alert {
+            cmd_id: 1,
+            code: 1201,
+            ..Default::default()
+        })],
         final_: true,
     };
     let r = dms
         .client()
         .post(&dms.handle.dm_url)
-        .header("content-type", "application/vnd.syncml.dm+xml")
+        .header("content-type", content_type)
         .body(scomo_ads::syncml::codec::encode(&msg))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 200);
     let reply =
         scomo_ads::syncml::codec::decode(&r.bytes().await.unwrap(), &Default::default()).unwrap();
-    let scomo_ads::syncml::message::Command::Status(s) = &reply.commands[0] else {
-        panic!()
-    };
-    assert_eq!(s.code, 403);
-    assert!(!dms.handle.engine.in_session("IMEI:stranger"));
+    match reply.commands.into_iter().next() {
+        Some(Command::Status(s)) => s,
+        other => panic!("expected the header's status, got {other:?}"),
+    }
 }

@@ -139,13 +139,9 @@ async fn require_token(
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.to_str().ok());
     match presented {
-        Some(token) if crate::secrets::ct_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
-            Ok(next.run(req).await)
-        }
+        p if crate::secrets::bearer_matches(p, &state.admin_token) => Ok(next.run(req).await),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -211,28 +211,14 @@ impl Agent {
         delivery: Option<&str>,
     ) -> Result<(), DeviceError> {
         let mut data = format!("<Name>{}</Name>", quick_xml::escape::escape(name));
-        if inventory_first {
-            data.push_str("<InventoryFirst>true</InventoryFirst>");
-        }
         if let Some(d) = delivery {
             data.push_str(&format!(
                 "<Delivery>{}</Delivery>",
                 quick_xml::escape::escape(d)
             ));
         }
-        let item = Item {
-            meta: Meta {
-                type_: Some(scomo::VENDOR_COMPONENT_REQUEST.into()),
-                format: Some("xml".into()),
-                ..Meta::default()
-            },
-            data: Some(data),
-            ..Item::default()
-        };
-        self.run(Trigger::Client {
-            requests: vec![item],
-        })
-        .await
+        self.vendor_request(scomo::VENDOR_COMPONENT_REQUEST, data, inventory_first)
+            .await
     }
 
     /// Asks the DMS for an operation on a component (alternative flow 1 of 5.4.3).
@@ -242,17 +228,28 @@ impl Agent {
         name: &str,
         inventory_first: bool,
     ) -> Result<(), DeviceError> {
-        let mut data = format!(
+        let data = format!(
             "<Operation>{}</Operation><Name>{}</Name>",
             quick_xml::escape::escape(op),
             quick_xml::escape::escape(name)
         );
+        self.vendor_request(scomo::VENDOR_OPERATION_REQUEST, data, inventory_first)
+            .await
+    }
+
+    /// Opens a session carrying one of our vendor Generic Alerts.
+    async fn vendor_request(
+        self: &Arc<Self>,
+        kind: &str,
+        mut data: String,
+        inventory_first: bool,
+    ) -> Result<(), DeviceError> {
         if inventory_first {
             data.push_str("<InventoryFirst>true</InventoryFirst>");
         }
         let item = Item {
             meta: Meta {
-                type_: Some(scomo::VENDOR_OPERATION_REQUEST.into()),
+                type_: Some(kind.into()),
                 format: Some("xml".into()),
                 ..Meta::default()
             },

@@ -151,12 +151,11 @@ async fn ads_callback(
 }
 
 async fn require_token(State(state): State<Arc<DmsState>>, req: Request, next: Next) -> Response {
-    let ok = req
+    let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| crate::secrets::ct_eq(t.trim().as_bytes(), state.api_token.as_bytes()));
+        .and_then(|v| v.to_str().ok());
+    let ok = crate::secrets::bearer_matches(presented, &state.api_token);
     if !ok {
         return err(
             StatusCode::UNAUTHORIZED,
