@@ -38,7 +38,15 @@ head -c 104857600 /dev/urandom > "$WORK/www/files/100m.bin"
 
 # ---------------------------------------------------------------- scomo-ads
 OURS_TLS=127.0.0.1:18443; OURS_ADMIN=127.0.0.1:18444; OURS_HTTP=127.0.0.1:18080
-"$BIN" serve --data "$WORK/ads" --listen $OURS_TLS --admin-listen $OURS_ADMIN --http-listen $OURS_HTTP \
+# wrk, h2load and the 10 000 idle connections all come from 127.0.0.1: lift the per-IP limits
+# (nginx has none configured either).
+cat > "$WORK/ours.toml" <<'TOML'
+[ads]
+max_connections_per_ip = 0
+[ads.admin_limits]
+requests_per_sec = 0
+TOML
+"$BIN" serve --data "$WORK/ads" --config "$WORK/ours.toml" --listen $OURS_TLS --admin-listen $OURS_ADMIN --http-listen $OURS_HTTP \
   --cache-mb 512 > "$WORK/ours.log" 2>&1 &
 OURS_PID=$!; PIDS+=($OURS_PID)
 for _ in $(seq 100); do grep -q '^ready' "$WORK/ours.log" && break; sleep 0.1; done

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::net::guard::EndpointLimits;
+
 /// A config error with the file it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -92,6 +94,12 @@ pub struct DmsConfig {
     pub ads_health_interval_secs: u64,
     /// Lifetime of minted download URLs.
     pub ticket_ttl_secs: u64,
+    /// Open connections one client IP may hold on each listener; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Request rate and failed-auth backoff of `/dm` (per IP; auth backoff per device and IP).
+    pub dm_limits: EndpointLimits,
+    /// Request rate and failed-auth backoff of the EMI API.
+    pub api_limits: EndpointLimits,
     /// EMI API bearer token; from `SCOMO_DMS_API_TOKEN`, else `data_dir/api.token`.
     #[serde(skip)]
     pub api_token: Option<Secret>,
@@ -149,6 +157,13 @@ impl Default for DmsConfig {
             fallback_to_dm: true,
             ads_health_interval_secs: 5,
             ticket_ttl_secs: 3600,
+            max_connections_per_ip: 1024,
+            dm_limits: EndpointLimits {
+                requests_per_sec: 200,
+                burst: 400,
+                ..EndpointLimits::default()
+            },
+            api_limits: EndpointLimits::default(),
             api_token: None,
             emi_secret: None,
         }
@@ -219,6 +234,14 @@ pub struct AdsConfig {
     pub node_name: Option<String>,
     /// Extra CA certificates to trust when delivering callbacks (a DMS with a private CA).
     pub callback_ca_certs: Vec<PathBuf>,
+    /// Open connections one client IP may hold on each listener; 0 = no limit. Devices behind
+    /// a carrier's NAT share addresses, so this is generous.
+    pub max_connections_per_ip: usize,
+    /// Request rate and failed-auth backoff of the admin API.
+    pub admin_limits: EndpointLimits,
+    /// PEM CA whose client certificates the admin API requires (mutual TLS for DMS→ADS);
+    /// unset = bearer token only.
+    pub admin_client_ca: Option<PathBuf>,
     /// Admin bearer token; from `SCOMO_ADS_ADMIN_TOKEN`, else `data_dir/admin.token`.
     #[serde(skip)]
     pub admin_token: Option<Secret>,
@@ -260,6 +283,9 @@ impl Default for AdsConfig {
             callback_concurrency: 16,
             node_name: None,
             callback_ca_certs: Vec::new(),
+            max_connections_per_ip: 1024,
+            admin_limits: EndpointLimits::default(),
+            admin_client_ca: None,
             admin_token: None,
             callback_secret: None,
         }

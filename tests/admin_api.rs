@@ -37,7 +37,9 @@ fn tmp_files(dir: &std::path::Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_v1_route_needs_the_token() {
-    let node = start().await;
+    // Two dozen refusals in a row: beyond the failed-auth backoff's free tries, which
+    // tests/hardening.rs covers.
+    let node = start_with(|c| c.admin_limits.auth_free_failures = 1000).await;
     let c = client(&node.cert());
     let routes = [
         ("GET", "/v1/components"),

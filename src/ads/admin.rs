@@ -20,6 +20,7 @@ use super::store::StoreError;
 use super::tickets::{LiveTicket, MintRequest, Snapshot, TicketError};
 use super::token::TicketId;
 use super::AdsState;
+use crate::net::guard;
 
 /// An admin API error: status, stable code, human message.
 pub struct ApiError {
@@ -120,7 +121,11 @@ pub fn router(state: Arc<AdsState>) -> Router {
         .route("/v1/tickets/{id}", get(get_ticket).delete(revoke_ticket))
         .route("/v1/callbacks", get(list_callbacks))
         .route("/v1/callbacks/{id}/retry", post(retry_callback))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(
+            state.admin_guard.clone(),
+            guard::limit_rate,
+        ));
     Router::new()
         .merge(v1)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -140,9 +145,13 @@ async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match presented {
-        p if crate::secrets::bearer_matches(p, &state.admin_token) => Ok(next.run(req).await),
-        _ => Err(ApiError::new(
+    match state
+        .admin_guard
+        .bearer(guard::client_ip(&req), presented, &state.admin_token)
+    {
+        Ok(()) => Ok(next.run(req).await),
+        Err(Some(wait)) => Ok(guard::too_many(wait, "too many failed authentications")),
+        Err(None) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong admin token: send Authorization: Bearer <token from DIR/admin.token>",

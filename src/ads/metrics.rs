@@ -103,6 +103,12 @@ impl Metrics {
                 "Download connections accepted.",
                 r(&self.download_connections.accepted),
             ),
+            (
+                "scomo_ads_connections_refused_per_ip_total",
+                "Connections closed at accept because their client IP held its share (all listeners).",
+                r(&self.download_connections.refused_per_ip)
+                    + r(&self.admin_connections.refused_per_ip),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(

@@ -76,6 +76,8 @@ pub struct AdsState {
     pub cache: ChunkCache,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
+    /// Request rate and token backoff of the admin API.
+    pub admin_guard: Arc<crate::net::guard::EndpointGuard>,
 }
 
 /// A running node: its bound addresses and how to stop it.
@@ -216,6 +218,8 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        max_connections_per_ip: config.max_connections_per_ip,
+        tag_peer: false,
     };
     let state = Arc::new(AdsState {
         config: config.clone(),
@@ -226,6 +230,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         cache,
         metrics: metrics.clone(),
         admin_token: admin_token.clone(),
+        admin_guard: crate::net::guard::EndpointGuard::new(&config.admin_limits),
     });
 
     let mut tasks = JoinSet::new();
@@ -262,7 +267,10 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         admin_listener,
         Some(acceptor),
         admin_service,
-        policy,
+        ConnectionPolicy {
+            tag_peer: true,
+            ..policy
+        },
         metrics.admin_connections.clone(),
         shutdown.clone(),
     ));

@@ -18,6 +18,7 @@ use super::engine::{new_job, Engine, EngineError};
 use super::notify;
 use super::store::{now_ms, Device, DmsStore, JobOp};
 use crate::ads::content::{self, IngestError};
+use crate::net::guard::{self, EndpointGuard};
 
 /// Shared state of the DMS routers.
 pub struct DmsState {
@@ -30,6 +31,10 @@ pub struct DmsState {
     pub max_message_bytes: usize,
     pub max_component_bytes: u64,
     pub default_delivery: String,
+    /// Request rate of `/dm`.
+    pub dm_guard: Arc<EndpointGuard>,
+    /// Request rate and token backoff of the EMI API.
+    pub api_guard: Arc<EndpointGuard>,
 }
 
 fn err(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -49,6 +54,10 @@ fn storage(e: impl std::fmt::Display) -> Response {
 pub fn dm_router(state: Arc<DmsState>) -> Router {
     Router::new()
         .route("/dm", post(dm))
+        .route_layer(middleware::from_fn_with_state(
+            state.dm_guard.clone(),
+            guard::limit_rate,
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
@@ -69,7 +78,10 @@ fn syncml_content_type(headers: &HeaderMap) -> bool {
     base == "application/vnd.syncml.dm+xml" || base == "application/vnd.syncml+xml"
 }
 
-async fn dm(State(state): State<Arc<DmsState>>, headers: HeaderMap, body: Body) -> Response {
+async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
+    let peer = guard::client_ip(&req);
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     if !syncml_content_type(&headers) {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -87,8 +99,12 @@ async fn dm(State(state): State<Arc<DmsState>>, headers: HeaderMap, body: Body) 
                 .into_response()
         }
     };
-    match state.engine.handle(&bytes).await {
+    match state.engine.handle(&bytes, peer).await {
         Ok(xml) => ([(header::CONTENT_TYPE, crate::syncml::CONTENT_TYPE)], xml).into_response(),
+        Err(EngineError::Backoff(wait)) => guard::too_many(
+            wait,
+            "too many failed authentications for this device from this address",
+        ),
         Err(EngineError::Undecodable(e)) => (
             StatusCode::BAD_REQUEST,
             format!("not a SyncML DM message: {e}\n"),
@@ -106,9 +122,13 @@ pub fn api_router(state: Arc<DmsState>) -> Router {
         .route("/v1/jobs", post(create_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .route("/healthz", get(|| async { "ok\n" }))
         // Authenticated by its Standard Webhooks signature, not the EMI token.
         .route("/v1/ads-callbacks", post(ads_callback))
+        .route_layer(middleware::from_fn_with_state(
+            state.api_guard.clone(),
+            guard::limit_rate,
+        ))
+        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
 
@@ -155,15 +175,18 @@ async fn require_token(State(state): State<Arc<DmsState>>, req: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let ok = crate::secrets::bearer_matches(presented, &state.api_token);
-    if !ok {
-        return err(
+    match state
+        .api_guard
+        .bearer(guard::client_ip(&req), presented, &state.api_token)
+    {
+        Ok(()) => next.run(req).await,
+        Err(Some(wait)) => guard::too_many(wait, "too many failed authentications"),
+        Err(None) => err(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong API token: send Authorization: Bearer <token from DIR/api.token>",
-        );
+        ),
     }
-    next.run(req).await
 }
 
 #[derive(Deserialize)]

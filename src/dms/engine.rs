@@ -12,6 +12,7 @@
 //! Exec with a correlator) → `awaiting_result` (Generic Alert 1226) → succeeded / failed.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use tokio::sync::Notify;
 use super::ads_client::AdsPool;
 use super::catalog::{self, Build};
 use super::store::{now_ms, Device, DmsStore, DmsStoreError, Job, JobOp, JobState, Step};
+use crate::net::guard::AuthThrottle;
 use crate::scomo::{self, Operation};
 use crate::syncml::auth;
 use crate::syncml::codec::{self, CodecError, Limits};
@@ -35,6 +37,9 @@ pub enum EngineError {
     Undecodable(CodecError),
     #[error(transparent)]
     Store(#[from] DmsStoreError),
+    /// Too many failed authentications from this device at this address: wait.
+    #[error("authentication backoff: retry after {0:?}")]
+    Backoff(Duration),
 }
 
 /// Engine settings.
@@ -88,6 +93,9 @@ struct Session {
     delivery: Option<Delivery>,
     devinfo_seen: bool,
     last_seen: Instant,
+    /// Where this message came from: the failed-auth backoff is per device and address, so
+    /// a guesser elsewhere cannot lock the real device out.
+    peer: Option<IpAddr>,
 }
 
 impl Session {
@@ -105,6 +113,7 @@ pub struct Engine {
     ads: Arc<AdsPool>,
     sessions: Mutex<HashMap<(String, String), Session>>,
     wake: Arc<Notify>,
+    auth_throttle: AuthThrottle,
 }
 
 fn step(job: &mut Job, name: &str, detail: Option<String>) {
@@ -160,13 +169,20 @@ fn tag(data: &str, name: &str) -> Option<String> {
 }
 
 impl Engine {
-    pub fn new(store: DmsStore, cfg: EngineConfig, ads: Arc<AdsPool>, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        store: DmsStore,
+        cfg: EngineConfig,
+        ads: Arc<AdsPool>,
+        wake: Arc<Notify>,
+        auth_throttle: AuthThrottle,
+    ) -> Self {
         Self {
             store,
             cfg,
             ads,
             sessions: Mutex::new(HashMap::new()),
             wake,
+            auth_throttle,
         }
     }
 
@@ -234,8 +250,15 @@ impl Engine {
         }
     }
 
-    /// Handles one message from a device; returns the XML answer.
-    pub async fn handle(&self, body: &[u8]) -> Result<String, EngineError> {
+    fn throttle_key(device: &str, peer: Option<IpAddr>) -> String {
+        match peer {
+            Some(ip) => format!("{device}@{ip}"),
+            None => device.to_string(),
+        }
+    }
+
+    /// Handles one message from a device at `peer`; returns the XML answer.
+    pub async fn handle(&self, body: &[u8], peer: Option<IpAddr>) -> Result<String, EngineError> {
         let msg = match codec::decode(body, &self.cfg.limits) {
             Ok(m) => m,
             Err(e) => {
@@ -253,6 +276,9 @@ impl Engine {
             }
         };
         let device = msg.header.source.uri.clone();
+        self.auth_throttle
+            .check(&Self::throttle_key(&device, peer))
+            .map_err(EngineError::Backoff)?;
         let key = (device.clone(), msg.header.session_id.clone());
         let taken = self.sessions().remove(&key);
         let taken = taken.filter(|s| s.last_seen.elapsed() < self.cfg.session_timeout);
@@ -271,6 +297,7 @@ impl Engine {
                 delivery: None,
                 devinfo_seen: false,
                 last_seen: Instant::now(),
+                peer,
             },
             None => {
                 return Ok(self.error_reply(
@@ -291,6 +318,7 @@ impl Engine {
         }
         s.next_in += 1;
         s.last_seen = Instant::now();
+        s.peer = peer;
         let result = self.process(&mut s, &msg).await;
         match result {
             Ok((reply, keep)) => {
@@ -309,7 +337,10 @@ impl Engine {
 
     async fn authenticate(&self, s: &mut Session, msg: &Message) -> Result<Status, EngineError> {
         let id = s.device.clone();
+        let throttle_key = Self::throttle_key(&s.device, s.peer);
         let Some(dev) = self.store.run(move |st| st.device(&id)).await? else {
+            // Probing for device ids counts as a failed attempt too.
+            self.auth_throttle.failed(&throttle_key);
             return Ok(Self::hdr_status(&msg.header, StatusCode::Forbidden, None));
         };
         let new_nonce = auth::encode_nonce(&auth::new_nonce());
@@ -356,8 +387,12 @@ impl Engine {
             })
             .await?;
         s.authenticated = ok;
-        if !ok {
-            tracing::info!(device = %dev.id, status = code.code(), "device authentication failed");
+        if ok {
+            self.auth_throttle.succeeded(&throttle_key);
+        } else if code == StatusCode::InvalidCredentials {
+            // 407 (no credentials yet) is the normal first step of a challenge, not a guess.
+            let backoff = self.auth_throttle.failed(&throttle_key);
+            tracing::info!(device = %dev.id, status = code.code(), ?backoff, "device authentication failed");
         }
         Ok(Self::hdr_status(
             &msg.header,

@@ -149,6 +149,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         },
         ads.clone(),
         wake.clone(),
+        crate::net::guard::AuthThrottle::from_limits(&config.dm_limits),
     ));
     let http = reqwest::Client::builder()
         .use_rustls_tls()
@@ -164,6 +165,8 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         max_message_bytes: config.max_message_bytes,
         max_component_bytes: config.max_component_bytes,
         default_delivery: config.default_delivery.clone(),
+        dm_guard: crate::net::guard::EndpointGuard::new(&config.dm_limits),
+        api_guard: crate::net::guard::EndpointGuard::new(&config.api_limits),
     });
     let policy = ConnectionPolicy {
         max_connections: 10_000,
@@ -171,6 +174,8 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         idle_timeout: Duration::from_secs(60),
         handshake_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(10),
+        max_connections_per_ip: config.max_connections_per_ip,
+        tag_peer: true,
     };
     let dispatcher = webhook::deliver::Dispatcher {
         outbox: Arc::new(webhook::outbox::Outbox::open(store.db_path())?),

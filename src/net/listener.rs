@@ -3,9 +3,11 @@
 //! progress-based idle timeout of [`TimedIo`], and graceful shutdown that lets in-flight
 //! responses finish.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -33,6 +35,12 @@ pub struct ConnectionPolicy {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for in-flight responses.
     pub shutdown_grace: Duration,
+    /// Open connections one client IP may hold; more are closed at accept. 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Record the peer address in each request's extensions (as axum's `ConnectInfo`), for
+    /// the per-IP request limits of command endpoints. Off on the download plane, where it
+    /// would cost an allocation per request and nothing reads it.
+    pub tag_peer: bool,
 }
 
 /// Open-connection gauge shared with the metrics endpoint.
@@ -40,6 +48,47 @@ pub struct ConnectionPolicy {
 pub struct ConnectionGauge {
     pub open: AtomicU64,
     pub accepted: AtomicU64,
+    /// Connections closed at accept because their IP already held its share.
+    pub refused_per_ip: AtomicU64,
+}
+
+/// Open connections per client IP. A std mutex: held for one map update, never across an await.
+#[derive(Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Takes a slot for `ip`, or `None` when it already holds `max`.
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves `service` on `listener` until `shutdown` fires, then drains for up to the grace period.
@@ -76,6 +125,7 @@ pub async fn serve<S, B>(
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(policy.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -98,17 +148,33 @@ pub async fn serve<S, B>(
                 }
             },
         };
+        let ip_slot = if policy.max_connections_per_ip > 0 {
+            match per_ip.enter(peer.ip(), policy.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    gauge.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "per-IP connection limit; closing");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let _ = stream.set_nodelay(true);
         gauge.accepted.fetch_add(1, Ordering::Relaxed);
         gauge.open.fetch_add(1, Ordering::Relaxed);
         let gauge = gauge.clone();
         let builder = builder.clone();
-        let service = service.clone();
+        let service = Tagged {
+            inner: service.clone(),
+            peer: policy.tag_peer.then_some(peer),
+        };
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let policy = policy.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             let _open = OpenGuard(gauge);
             match tls {
                 Some(acceptor) => {
@@ -151,6 +217,30 @@ pub async fn serve<S, B>(
         .is_err()
     {
         tracing::warn!("shutdown grace period over; dropping remaining connections");
+    }
+}
+
+/// The service with the peer address added to each request when the policy asks for it.
+#[derive(Clone)]
+struct Tagged<S> {
+    inner: S,
+    peer: Option<SocketAddr>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tagged<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
+        self.inner.call(req)
     }
 }
 

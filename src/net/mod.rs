@@ -1,6 +1,8 @@
 //! Network plumbing shared by every listener: TLS configuration, the accept loop with its
-//! connection cap and timeouts, and the progress-based I/O timeout wrapper.
+//! connection caps and timeouts, the progress-based I/O timeout wrapper, and the per-client
+//! request-rate and failed-auth limits of command endpoints.
 
+pub mod guard;
 pub mod listener;
 pub mod timed_io;
 pub mod tls;

@@ -1,0 +1,368 @@
+//! Abuse limits over real sockets: per-IP connection caps, per-IP request rates (429 with
+//! Retry-After) on the admin API and `/dm`, failed-auth backoff on both, and legacy TLS
+//! versions refused at the handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use scomo_ads::config::EndpointLimits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()
+        .get("retry-after")
+        .expect("429 carries Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_429_with_retry_after_over_the_request_rate() {
+    let node = start_with(|c| {
+        c.admin_limits = EndpointLimits {
+            requests_per_sec: 2,
+            burst: 5,
+            ..EndpointLimits::default()
+        }
+    })
+    .await;
+    let http = client(&node.cert());
+    let mut codes = Vec::new();
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let r = http
+            .get(node.admin("/v1/components"))
+            .bearer_auth(node.token())
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            waits.push(retry_after(&r));
+        }
+        codes.push(r.status().as_u16());
+    }
+    assert_eq!(&codes[..5], &[200; 5], "the burst passes: {codes:?}");
+    assert!(codes[5..].contains(&429), "{codes:?}");
+    assert!(waits.iter().all(|w| (1..=2).contains(w)), "{waits:?}");
+    // Health checks are not rate limited (load balancers poll them).
+    for _ in 0..10 {
+        let r = http.get(node.admin("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // The budget refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = http
+        .get(node.admin("/v1/components"))
+        .bearer_auth(node.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_start_a_backoff_that_even_the_right_token_waits_out() {
+    let node = start_with(|c| {
+        c.admin_limits = EndpointLimits {
+            auth_free_failures: 2,
+            auth_backoff_base_ms: 1500,
+            ..EndpointLimits::default()
+        }
+    })
+    .await;
+    let http = client(&node.cert());
+    let get = |token: &'static str| {
+        http.get(node.admin("/v1/components"))
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(get("guess").await.unwrap().status(), 401);
+    }
+    // The third failure started a 1.5 s backoff: the real token is not even looked at.
+    let r = http
+        .get(node.admin("/v1/components"))
+        .bearer_auth(node.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(retry_after(&r), 2);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = http
+        .get(node.admin("/v1/components"))
+        .bearer_auth(node.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "after the backoff the right token works");
+    // Success forgets the failures: two more guesses are free again.
+    for _ in 0..2 {
+        assert_eq!(get("guess").await.unwrap().status(), 401);
+    }
+}
+
+/// Whether the server closes a fresh TCP connection from `local` within a second (a refused
+/// one) instead of waiting for our ClientHello (an accepted one).
+async fn closed_at_accept(to: SocketAddr, local: [u8; 4]) -> (bool, TcpStream) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((local, 0))).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    );
+    (closed, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_ip_cannot_hold_more_than_its_share_of_connections() {
+    let node = start_with(|c| c.max_connections_per_ip = 3).await;
+    let to = node.handle.download_addr;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (closed, s) = closed_at_accept(to, [127, 0, 0, 1]).await;
+        assert!(!closed, "within the share");
+        held.push(s);
+    }
+    let (closed, _) = closed_at_accept(to, [127, 0, 0, 1]).await;
+    assert!(closed, "the fourth connection from the same IP is closed");
+    // Another client address is unaffected.
+    let (closed, _other) = closed_at_accept(to, [127, 0, 0, 2]).await;
+    assert!(!closed, "127.0.0.2 has its own share");
+    let metrics = client(&node.cert())
+        .get(node.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("scomo_ads_connections_refused_per_ip_total 1"),
+        "{metrics}"
+    );
+    // Closing one frees its slot.
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..20 {
+        let (closed, s) = closed_at_accept(to, [127, 0, 0, 1]).await;
+        if !closed {
+            ok = true;
+            held.push(s);
+            break;
+        }
+    }
+    assert!(ok, "a freed slot is reusable");
+    // Real downloads still work from the other address space once slots are free.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let meta = node.publish(pattern(1000, 3), "fw", "1").await;
+    let url = node.mint(&meta.id, 60).await.url;
+    let r = client(&node.cert()).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// A ClientHello offering only `version` (no supported_versions extension), as a TLS 1.0 or
+/// 1.1 client sends it; with `modern` extensions and AEAD suites, a valid TLS 1.2 hello.
+fn client_hello(minor: u8, modern: bool) -> Vec<u8> {
+    let mut body = vec![3, minor];
+    body.extend([0x42u8; 32]); // random
+    body.push(0); // no session id
+    let suites: &[u16] = if modern {
+        &[0xc02b, 0xc02f, 0xcca9, 0xcca8]
+    } else {
+        &[0xc013, 0xc014, 0x002f, 0x0035, 0x000a]
+    };
+    body.extend(((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend(s.to_be_bytes());
+    }
+    body.extend([1, 0]); // compression: null
+    let mut ext = Vec::new();
+    let mut add = |kind: u16, data: &[u8]| {
+        ext.extend(kind.to_be_bytes());
+        ext.extend((data.len() as u16).to_be_bytes());
+        ext.extend(data);
+    };
+    // supported_groups: x25519, secp256r1
+    add(0x000a, &[0, 4, 0x00, 0x1d, 0x00, 0x17]);
+    // ec_point_formats: uncompressed
+    add(0x000b, &[1, 0]);
+    // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
+    add(0x000d, &[0, 6, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01]);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}
+
+/// The first record type the server answers `hello` with (0x16 handshake, 0x15 alert), or
+/// `None` if it just closes.
+async fn first_record(to: SocketAddr, hello: &[u8]) -> Option<(u8, Vec<u8>)> {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    s.write_all(hello).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the server answers or closes")
+        .unwrap_or(0);
+    (n > 0).then(|| (buf[0], buf[..n].to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_0_and_1_1_are_refused_at_the_handshake_on_every_tls_listener() {
+    let node = start().await;
+    for to in [node.handle.download_addr, node.handle.admin_addr] {
+        // Control: the same hand-made hello at TLS 1.2 gets a ServerHello, so the refusals
+        // below are about the version, not a malformed probe.
+        let (kind, bytes) = first_record(to, &client_hello(3, true)).await.unwrap();
+        assert_eq!(kind, 0x16, "TLS 1.2 gets a handshake record");
+        assert_eq!(bytes[5], 2, "ServerHello");
+        for minor in [1u8, 2] {
+            for modern in [false, true] {
+                let (kind, bytes) = first_record(to, &client_hello(minor, modern))
+                    .await
+                    .expect("an alert, not a silent close");
+                // A fatal (2) protocol_version (70) alert.
+                assert_eq!(
+                    (kind, bytes[5], bytes[6]),
+                    (0x15, 2, 70),
+                    "TLS 1.{} modern={modern}",
+                    minor - 1
+                );
+            }
+        }
+    }
+}
+
+fn wrong_password_alert(dms: &Dms, device: &str, session: u32) -> reqwest::RequestBuilder {
+    use scomo_ads::syncml::message::{Alert, Command, Cred, Header, Location, Message, Meta};
+    let msg = Message {
+        header: Header {
+            session_id: session.to_string(),
+            msg_id: 1,
+            target: Location::uri(&dms.handle.dm_url),
+            source: Location::uri(device),
+            cred: Some(Cred {
+                meta: Meta {
+                    type_: Some("syncml:auth-md5".into()),
+                    format: Some("b64".into()),
+                    ..Meta::default()
+                },
+                data: scomo_ads::syncml::auth::md5_digest(device, "guess", b"nonce"),
+            }),
+            ..Default::default()
+        },
+        commands: vec![Command::Alert(Alert {
+            cmd_id: 1,
+            code: 1201,
+            ..Default::default()
+        })],
+        final_: true,
+    };
+    dms.client()
+        .post(&dms.handle.dm_url)
+        .header("content-type", scomo_ads::syncml::CONTENT_TYPE)
+        .body(scomo_ads::syncml::codec::encode(&msg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_on_dm_backs_off_per_device_and_the_device_then_recovers() {
+    let dms = start_dms_with(|c| {
+        c.dm_limits = EndpointLimits {
+            requests_per_sec: 0,
+            auth_free_failures: 2,
+            auth_backoff_base_ms: 1500,
+            ..EndpointLimits::default()
+        }
+    })
+    .await;
+    dms.provision("IMEI:7001", "dev-secret", None).await;
+    dms.provision("IMEI:7002", "dev-secret", None).await;
+    let mut statuses = Vec::new();
+    for session in 1..=4 {
+        let r = wrong_password_alert(&dms, "IMEI:7001", session)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert_eq!(retry_after(&r), 2);
+        }
+    }
+    // Two free failures answered in SyncML (401 inside a 200), the third starts the backoff,
+    // the fourth is refused before the engine looks at it.
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // Another device from the same address is not held back by its neighbour's guesses.
+    let r = wrong_password_alert(&dms, "IMEI:7002", 9)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The real device, with its real password, waits out the backoff (the agent honours
+    // Retry-After) and then runs its session.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device_config(&dms, "IMEI:7001", dir.path(), Default::default());
+    let agent = scomo_ads::device::Agent::new(cfg).unwrap();
+    agent
+        .run(scomo_ads::device::agent::Trigger::Client {
+            requests: Vec::new(),
+        })
+        .await
+        .expect("the session runs once the backoff is over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_over_its_request_rate_gets_429_and_the_device_agent_slows_down_to_finish() {
+    let dms = start_dms_with(|c| {
+        c.dm_limits = EndpointLimits {
+            requests_per_sec: 1,
+            burst: 1,
+            ..EndpointLimits::default()
+        }
+    })
+    .await;
+    dms.add_component(
+        &[
+            ("name", "fw"),
+            ("version", "2.0"),
+            ("manufacturer", "Acme"),
+            ("model", "Roadrunner"),
+        ],
+        pattern(2000, 5),
+    )
+    .await;
+    dms.provision("IMEI:7003", "dev-secret", None).await;
+    // Two messages at once from one address: the second waits.
+    let a = wrong_password_alert(&dms, "IMEI:7003", 1)
+        .send()
+        .await
+        .unwrap();
+    let b = wrong_password_alert(&dms, "IMEI:7003", 2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 429);
+    assert_eq!(retry_after(&b), 1);
+    // A whole session (several messages) completes at one message per second.
+    let dev = start_device(&dms, "IMEI:7003", Default::default()).await;
+    dev.agent.request_component("fw", false).await.unwrap();
+    let jobs = wait_jobs(&dms, "IMEI:7003", 1).await;
+    let j = dms.wait_job(&jobs[0], 30).await;
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+}
