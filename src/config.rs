@@ -121,6 +121,10 @@ pub struct AdsNodeConfig {
     pub callback_secret_file: PathBuf,
     /// CA certificate to trust for the node (admin API and, for devices, downloads).
     pub ca_cert: Option<PathBuf>,
+    /// PEM file with our client certificate and its private key, for a node whose admin API
+    /// requires mutual TLS (`admin_client_ca` on the node).
+    #[serde(default)]
+    pub client_identity: Option<PathBuf>,
     /// Relative share of new downloads.
     #[serde(default = "one")]
     pub weight: u32,

@@ -50,6 +50,7 @@ pub async fn start(
         admin_token_file: ads_dir.join("admin.token"),
         callback_secret_file: ads_dir.join("callback.secret"),
         ca_cert: Some(node.cert_path.clone()),
+        client_identity: None,
         weight: 1,
     });
     // With SCOMO_ADS_ADMIN_TOKEN set, the token file is not written: hand it over directly.

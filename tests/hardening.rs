@@ -1,6 +1,6 @@
 //! Abuse limits over real sockets: per-IP connection caps, per-IP request rates (429 with
-//! Retry-After) on the admin API and `/dm`, failed-auth backoff on both, and legacy TLS
-//! versions refused at the handshake.
+//! Retry-After) on the admin API and `/dm`, failed-auth backoff on both, legacy TLS versions
+//! refused at the handshake, certificate reload on SIGHUP, and mutual TLS for the admin API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -365,4 +365,220 @@ async fn dm_over_its_request_rate_gets_429_and_the_device_agent_slows_down_to_fi
     let jobs = wait_jobs(&dms, "IMEI:7003", 1).await;
     let j = dms.wait_job(&jobs[0], 30).await;
     assert_eq!(j["state"], "succeeded", "{j:#}");
+}
+
+/// A self-signed certificate for 127.0.0.1 written to `dir/name.{cert,key}.pem`.
+fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = dir.join(format!("{name}.cert.pem"));
+    let key = dir.join(format!("{name}.key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// Replaces `to` with `from` atomically (as an operator's deploy tool would).
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// A TLS connection to `addr` trusting only `ca`; `None` when the handshake fails.
+async fn tls_to(
+    addr: &str,
+    ca: &std::path::Path,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = scomo_ads::net::tls::client_config_trusting(ca).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await.ok()
+}
+
+/// One HTTP/1.1 request on an open connection; the status line's code.
+async fn status_on(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> u16 {
+    s.write_all(b"GET /nothing-here HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Drain the (small) body so the next request starts clean.
+    let head = String::from_utf8_lossy(&got).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut have = got.len() - body_start;
+    while have < len {
+        have += s.read(&mut buf).await.unwrap();
+    }
+    head[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_open_connections() {
+    let home = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = self_signed(home.path(), "a");
+    let (b_cert, b_key) = self_signed(home.path(), "b");
+    let (live_cert, live_key) = (home.path().join("live.cert"), home.path().join("live.key"));
+    install(&a_cert, &live_cert);
+    install(&a_key, &live_key);
+    let data = home.path().join("data");
+    let mut node = Proc::spawn(
+        &data,
+        &[
+            "--tls-cert",
+            live_cert.to_str().unwrap(),
+            "--tls-key",
+            live_key.to_str().unwrap(),
+        ],
+    );
+    let mut old = tls_to(&node.download, &a_cert).await.expect("serves A");
+    assert_eq!(status_on(&mut old).await, 404);
+    assert!(tls_to(&node.download, &b_cert).await.is_none());
+
+    install(&b_cert, &live_cert);
+    install(&b_key, &live_key);
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(hup(node.child.id()).success());
+    let mut switched = false;
+    for _ in 0..50 {
+        if tls_to(&node.download, &b_cert).await.is_some() {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(switched, "new handshakes present B after SIGHUP");
+    assert!(
+        tls_to(&node.download, &a_cert).await.is_none(),
+        "A is retired"
+    );
+    assert!(
+        tls_to(&node.admin, &b_cert).await.is_some(),
+        "admin listener too"
+    );
+    // The connection opened under A is still up and serving.
+    assert_eq!(status_on(&mut old).await, 404);
+
+    // A broken file on reload keeps the current pair (and the process).
+    std::fs::write(&live_cert, "not a certificate").unwrap();
+    assert!(hup(node.child.id()).success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.child.try_wait().unwrap().is_none(), "still running");
+    assert!(tls_to(&node.download, &b_cert).await.is_some(), "still B");
+    let _ = node.child.kill();
+}
+
+/// A CA and a client certificate it issued, the client's cert and key in one PEM file.
+fn client_ca(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["dms.example".into()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    let ca_path = dir.join(format!("{name}-ca.pem"));
+    let identity = dir.join(format!("{name}-client.pem"));
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(
+        &identity,
+        format!("{}{}", client.pem(), client_key.serialize_pem()),
+    )
+    .unwrap();
+    (ca_path, identity)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_can_require_client_certificates_from_the_dms() {
+    let home = tempfile::tempdir().unwrap();
+    let (ca, dms_identity) = client_ca(home.path(), "ours");
+    let (_, stranger_identity) = client_ca(home.path(), "stranger");
+    let node = start_with(|c| c.admin_client_ca = Some(ca.clone())).await;
+    let with_identity = |pem: Option<&std::path::Path>| {
+        let mut cfg = ads_node_config("edge", &node, 1);
+        cfg.client_identity = pem.map(|p| p.to_path_buf());
+        scomo_ads::dms::ads_client::AdsNode::new(&cfg).unwrap()
+    };
+    assert!(
+        with_identity(Some(&dms_identity)).probe().await,
+        "our DMS gets in"
+    );
+    assert!(
+        !with_identity(None).probe().await,
+        "no client certificate, no admin API"
+    );
+    assert!(
+        !with_identity(Some(&stranger_identity)).probe().await,
+        "a certificate from another CA is refused"
+    );
+    // Even the right bearer token does not help without the certificate.
+    let r = client(&node.cert())
+        .get(node.admin("/v1/components"))
+        .bearer_auth(node.token())
+        .send()
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    // Downloads stay open to devices without client certificates.
+    let pem = std::fs::read(&dms_identity).unwrap();
+    let admin = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(node.cert()).unwrap()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let meta: serde_json::Value = admin
+        .post(node.admin("/v1/components?name=fw&version=1"))
+        .bearer_auth(node.token())
+        .body(pattern(500, 9))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let minted: serde_json::Value = admin
+        .post(node.admin("/v1/tickets"))
+        .bearer_auth(node.token())
+        .json(&serde_json::json!({"component": meta["id"], "ttl_secs": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client(&node.cert())
+        .get(minted["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 500);
 }

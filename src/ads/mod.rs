@@ -137,6 +137,10 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     let identity =
         tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let acceptor = TlsAcceptor::from(identity.config.clone());
+    let admin_acceptor = match &config.admin_client_ca {
+        Some(ca) => TlsAcceptor::from(identity.requiring_clients_of(ca)?),
+        None => acceptor.clone(),
+    };
     let store = Store::open(&dir)?;
 
     let download_listener = bind(config.listen).await?;
@@ -235,6 +239,10 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
 
     let mut tasks = JoinSet::new();
     tasks.spawn(dispatcher.run(shutdown.clone()));
+    tasks.spawn(tls::reload_on_sighup(
+        vec![identity.cert.clone()],
+        shutdown.clone(),
+    ));
     tasks.spawn(tickets::sweeper::run(
         state.tickets.clone(),
         Duration::from_secs(config.sweep_interval_secs),
@@ -265,7 +273,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     let admin_service = hyper_util::service::TowerToHyperService::new(admin::router(state.clone()));
     tasks.spawn(listener::serve(
         admin_listener,
-        Some(acceptor),
+        Some(admin_acceptor),
         admin_service,
         ConnectionPolicy {
             tag_peer: true,

@@ -74,7 +74,19 @@ impl AdsNode {
             .use_rustls_tls()
             .timeout(Duration::from_secs(300))
             .connect_timeout(Duration::from_secs(5));
-        let b = crate::net::tls::trust(b, cfg.ca_cert.as_slice())?;
+        let mut b = crate::net::tls::trust(b, cfg.ca_cert.as_slice())?;
+        if let Some(path) = &cfg.client_identity {
+            let pem = std::fs::read(path).map_err(|source| AdsClientError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|source| AdsClientError::Http {
+                    node: cfg.name.clone(),
+                    source,
+                })?;
+            b = b.identity(identity);
+        }
         let http = b.build().map_err(|source| AdsClientError::Http {
             node: cfg.name.clone(),
             source,

@@ -193,6 +193,10 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
 
     let mut tasks = JoinSet::new();
     tasks.spawn(dispatcher.run(shutdown.clone()));
+    tasks.spawn(tls::reload_on_sighup(
+        vec![identity.cert.clone()],
+        shutdown.clone(),
+    ));
     if !ads.is_empty() {
         tasks.spawn(ads.clone().health_loop(
             Duration::from_secs(config.ads_health_interval_secs.max(1)),

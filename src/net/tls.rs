@@ -2,10 +2,16 @@
 //! `http/1.1`. With no certificate configured, a self-signed one for localhost/127.0.0.1 is
 //! generated into `DIR/tls/` on first start and reused afterwards, so clients can be told to
 //! trust `DIR/tls/cert.pem`.
+//!
+//! The certificate is served through [`ReloadingCert`]: SIGHUP re-reads the files and new
+//! handshakes use the new pair, while established connections keep theirs (nothing is dropped).
+//! A listener can also require client certificates from a CA (mutual TLS for the admin API).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,12 +41,153 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("tls_cert and tls_key must be given together")]
     HalfConfigured,
+    #[error("client CA {path} is unusable: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
 }
 
 /// The server TLS identity in use, and where its certificate lives (for clients to trust).
 pub struct TlsIdentity {
+    /// Server config without client authentication.
     pub config: Arc<ServerConfig>,
     pub cert_path: PathBuf,
+    /// The certificate every config of this identity presents; reload it on SIGHUP.
+    pub cert: Arc<ReloadingCert>,
+}
+
+impl TlsIdentity {
+    /// A server config presenting the same (reloadable) certificate that also requires a
+    /// client certificate issued by a CA in `ca_pem`.
+    pub fn requiring_clients_of(&self, ca_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+        let bad = |reason: String| TlsError::ClientCa {
+            path: ca_pem.to_path_buf(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|e| bad(e.to_string()))? {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.cert.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// A certificate and key read from files, swapped in place by [`ReloadingCert::reload`].
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl ReloadingCert {
+    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: RwLock::new(Arc::new(read_pair(cert_path, key_path)?)),
+        })
+    }
+
+    /// Re-reads the files. On any error (a half-written file, a key that does not match the
+    /// certificate) the old pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(read_pair(&self.cert_path, &self.key_path)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// Reloads each certificate whenever the process gets SIGHUP, until `shutdown`.
+pub async fn reload_on_sighup(
+    certs: Vec<Arc<ReloadingCert>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates will not reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            for c in &certs {
+                match c.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %c.cert_path.display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => tracing::error!(
+                        cert = %c.cert_path.display(),
+                        error = %e,
+                        "TLS certificate reload failed; still serving the previous one"
+                    ),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = certs;
+        shutdown.cancelled().await;
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|source| TlsError::ReadCert {
+            path: cert_path.to_path_buf(),
+            source,
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::ReadCert {
+            path: cert_path.to_path_buf(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert_path.to_path_buf()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| TlsError::ReadKey {
+        path: key_path.to_path_buf(),
+        source,
+    })?;
+    Ok(CertifiedKey::from_der(chain, key, &provider())?)
 }
 
 /// Loads the configured certificate and key, or the generated one under `data_dir/tls/`
@@ -55,42 +202,18 @@ pub fn load_or_generate(
         (None, None) => generate_if_missing(data_dir)?,
         _ => return Err(TlsError::HalfConfigured),
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|source| TlsError::ReadCert {
-            path: cert_path.clone(),
-            source,
-        })?
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::ReadCert {
-            path: cert_path.clone(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate(cert_path));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|source| TlsError::ReadKey {
-        path: key_path.clone(),
-        source,
-    })?;
-    let config = server_config(chain, key)?;
+    let cert = Arc::new(ReloadingCert::load(&cert_path, &key_path)?);
+    // ring's default suites are all AEAD (AES-GCM, ChaCha20-Poly1305); no CBC, no RC4.
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsIdentity {
         config: Arc::new(config),
         cert_path,
+        cert,
     })
-}
-
-fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<ServerConfig, TlsError> {
-    // ring's default suites are all AEAD (AES-GCM, ChaCha20-Poly1305); no CBC, no RC4.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 fn generate_if_missing(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {

@@ -597,6 +597,7 @@ pub fn ads_node_config(name: &str, node: &Node, weight: u32) -> scomo_ads::confi
         admin_token_file: node.dir.path().join("admin.token"),
         callback_secret_file: node.dir.path().join("callback.secret"),
         ca_cert: Some(node.cert()),
+        client_identity: None,
         weight,
     }
 }
