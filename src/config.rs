@@ -238,6 +238,9 @@ pub struct AdsConfig {
     pub node_name: Option<String>,
     /// Extra CA certificates to trust when delivering callbacks (a DMS with a private CA).
     pub callback_ca_certs: Vec<PathBuf>,
+    /// Free bytes an upload must leave on the data file system; uploads that would eat into
+    /// it are refused with 507 (0 = only the kernel's ENOSPC stops them).
+    pub keep_free_bytes: u64,
     /// Open connections one client IP may hold on each listener; 0 = no limit. Devices behind
     /// a carrier's NAT share addresses, so this is generous.
     pub max_connections_per_ip: usize,
@@ -287,6 +290,7 @@ impl Default for AdsConfig {
             callback_concurrency: 16,
             node_name: None,
             callback_ca_certs: Vec::new(),
+            keep_free_bytes: 64 << 20,
             max_connections_per_ip: 1024,
             admin_limits: EndpointLimits::default(),
             admin_client_ca: None,

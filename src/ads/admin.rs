@@ -27,6 +27,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -35,23 +36,43 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// 503 for a database another process holds: the request changed nothing; retry.
+    fn busy() -> Self {
+        tracing::warn!("the database is locked by another process; answered 503");
+        Self {
+            retry_after_secs: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the node's database is locked by another process; nothing was changed, retry",
+            )
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(json!({"error": self.message, "code": self.code})),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        r
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            e if e.is_busy() => ApiError::busy(),
             StoreError::InUse(..) => ApiError::new(StatusCode::CONFLICT, "in_use", e.to_string()),
             other => {
                 tracing::error!(error = %other, "storage failure");
@@ -67,6 +88,9 @@ impl From<StoreError> for ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
+        if let IngestError::Store(s) = e {
+            return s.into();
+        }
         let (status, code) = match &e {
             IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             IngestError::LengthMismatch { .. } => (StatusCode::BAD_REQUEST, "length_mismatch"),
@@ -196,7 +220,10 @@ async fn upload(
     let (meta, created) = content::ingest(
         &state.store,
         info,
-        state.config.max_upload_bytes,
+        content::UploadLimits {
+            max_bytes: state.config.max_upload_bytes,
+            keep_free_bytes: state.config.keep_free_bytes,
+        },
         super::now_unix(),
         body.into_data_stream(),
     )

@@ -29,7 +29,9 @@ pub enum IngestError {
     Incomplete { received: u64, reason: String },
     #[error("query parameter `{0}` is required and must be 1-200 printable characters")]
     BadParameter(&'static str),
-    #[error("the disk is full; nothing was published")]
+    #[error(
+        "the data disk is full (or down to its keep_free_bytes reserve); nothing was published"
+    )]
     DiskFull,
     #[error("writing the upload failed: {0}")]
     Io(std::io::Error),
@@ -152,22 +154,50 @@ impl Writer {
     }
 }
 
-/// Streams `body` into a temp file under `tmp_dir`, hashing as it goes, enforcing `max_bytes`
-/// and the declared length; fsyncs it. The temp file is removed again unless persisted.
+/// How much an upload may take.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    /// Largest accepted body.
+    pub max_bytes: u64,
+    /// Free space the upload must leave on the data file system (for SQLite, logs and the
+    /// uploads already running): below it the upload stops with [`IngestError::DiskFull`]
+    /// before the kernel's ENOSPC would.
+    pub keep_free_bytes: u64,
+}
+
+/// Bytes available to us on the file system holding `dir`; `None` if it cannot be asked.
+fn available_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Whether writing `more` bytes into `dir` would eat into the reserve.
+fn would_break_reserve(dir: &std::path::Path, more: u64, keep_free: u64) -> bool {
+    keep_free > 0
+        && available_bytes(dir).is_some_and(|avail| avail < more.saturating_add(keep_free))
+}
+
+/// Streams `body` into a temp file under `tmp_dir`, hashing as it goes, enforcing the size
+/// limit, the free-space reserve and the declared length; fsyncs it. The temp file is removed
+/// again unless persisted.
 pub async fn receive<S, E>(
     tmp_dir: &std::path::Path,
     declared_len: Option<u64>,
-    max_bytes: u64,
+    limits: UploadLimits,
     body: S,
 ) -> Result<Received, IngestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let max_bytes = limits.max_bytes;
     if let Some(declared) = declared_len {
         if declared > max_bytes {
             return Err(IngestError::TooLarge { limit: max_bytes });
         }
+    }
+    if would_break_reserve(tmp_dir, declared_len.unwrap_or(0), limits.keep_free_bytes) {
+        return Err(IngestError::DiskFull);
     }
     let temp_path = tmp_dir.join(format!("upload-{:032x}", rand::random::<u128>()));
     let guard = TempFile(Some(temp_path.clone()));
@@ -211,6 +241,9 @@ where
         };
         if buf.len() >= WRITE_BLOCK || (done && !buf.is_empty()) {
             let block = buf.split().freeze();
+            if would_break_reserve(tmp_dir, block.len() as u64, limits.keep_free_bytes) {
+                return Err(IngestError::DiskFull);
+            }
             let mut w = writer
                 .take()
                 .ok_or(IngestError::Store(StoreError::WorkerGone))?;
@@ -254,7 +287,7 @@ where
 pub async fn ingest<S, E>(
     store: &Store,
     info: UploadInfo,
-    max_bytes: u64,
+    limits: UploadLimits,
     now_unix: u64,
     body: S,
 ) -> Result<(ComponentMeta, bool), IngestError>
@@ -268,7 +301,7 @@ where
     if !valid_label(&info.version) {
         return Err(IngestError::BadParameter("version"));
     }
-    let received = receive(store.tmp_dir(), info.declared_len, max_bytes, body).await?;
+    let received = receive(store.tmp_dir(), info.declared_len, limits, body).await?;
     let id = received.blake3.to_hex().to_string();
     let sha256 = received.sha256_hex();
     let received_len = received.size;

@@ -26,6 +26,21 @@ pub enum StoreError {
     WorkerGone,
 }
 
+impl StoreError {
+    /// Whether another process holds the database (SQLITE_BUSY / SQLITE_LOCKED past the busy
+    /// timeout): transient, worth a retry, not a fault of ours.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                )
+        )
+    }
+}
+
 /// A published component's metadata, as the admin API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ComponentMeta {
@@ -159,7 +174,18 @@ impl Store {
                 meta.sha256,
                 meta.created_at as i64
             ],
-        )?;
+        );
+        let inserted = match inserted {
+            Ok(n) => n,
+            Err(e) => {
+                // No row, no object: take the file back out unless a row for these bytes
+                // exists after all (then the file is that row's, byte for byte).
+                if !matches!(self.component(&meta.id), Ok(Some(_))) {
+                    let _ = std::fs::remove_file(&dest);
+                }
+                return Err(e.into());
+            }
+        };
         if inserted == 0 {
             if let Some(existing) = self.component(&meta.id)? {
                 return Ok((existing, false));

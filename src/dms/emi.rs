@@ -298,7 +298,10 @@ async fn add_component(
     let received = match content::receive(
         &tmp,
         declared,
-        state.max_component_bytes,
+        content::UploadLimits {
+            max_bytes: state.max_component_bytes,
+            keep_free_bytes: 64 << 20,
+        },
         body.into_data_stream(),
     )
     .await
