@@ -238,6 +238,10 @@ pub struct AdsConfig {
     pub node_name: Option<String>,
     /// Extra CA certificates to trust when delivering callbacks (a DMS with a private CA).
     pub callback_ca_certs: Vec<PathBuf>,
+    /// SO_SNDBUF of download connections in bytes; 0 = the kernel's autotuning (fastest on
+    /// long fat links). A fixed size bounds kernel memory per slow device and makes a
+    /// ticket's completion ("every byte sent") closer to "every byte received".
+    pub send_buffer_bytes: usize,
     /// Free bytes an upload must leave on the data file system; uploads that would eat into
     /// it are refused with 507 (0 = only the kernel's ENOSPC stops them).
     pub keep_free_bytes: u64,
@@ -291,6 +295,7 @@ impl Default for AdsConfig {
             node_name: None,
             callback_ca_certs: Vec::new(),
             keep_free_bytes: 64 << 20,
+            send_buffer_bytes: 0,
             max_connections_per_ip: 1024,
             admin_limits: EndpointLimits::default(),
             admin_client_ca: None,

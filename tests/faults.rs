@@ -193,3 +193,241 @@ async fn a_database_locked_by_another_process_gets_503_and_loses_nothing() {
     assert_eq!(r.status(), 201);
     assert_eq!(listed(&node).await, 1);
 }
+
+/// How one device's download ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Every byte arrived and matches.
+    Complete { requests: u32 },
+    /// The node had finished sending (bytes were in the kernel's buffers when it was killed)
+    /// and the ticket was complete: the DMS would re-mint. Counted, allowed.
+    GoneAfter(usize),
+}
+
+/// One HTTP/1.1 GET of `/d/{token}` from byte `from`, over TLS on a socket with a small
+/// receive buffer (the kernel would otherwise read megabytes ahead of a slow device), read at
+/// about 2 MiB/s into `got`. Returns the status; a cut body just leaves `got` short.
+async fn slow_get(
+    addr: &str,
+    token: &str,
+    connector: &tokio_rustls::TlsConnector,
+    got: &mut Vec<u8>,
+) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(64 << 10)?;
+    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let tcp = socket.connect(addr).await?;
+    let name =
+        rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+    let mut tls = connector.connect(name, tcp).await?;
+    let range = if got.is_empty() {
+        String::new()
+    } else {
+        format!("range: bytes={}-\r\n", got.len())
+    };
+    tls.write_all(
+        format!("GET /d/{token} HTTP/1.1\r\nhost: x\r\n{range}connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 32 << 10];
+    let body_start = loop {
+        let n = tls.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..body_start]).to_string();
+    let status: u16 = text[9..12].parse().map_err(std::io::Error::other)?;
+    if status == 200 {
+        got.clear();
+    }
+    if status != 200 && status != 206 {
+        return Ok(status);
+    }
+    got.extend_from_slice(&head[body_start..]);
+    loop {
+        match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(status),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+}
+
+/// A device downloading `token` from whatever address the node currently listens on,
+/// resuming with Range after every failure.
+async fn throttled_resuming_fetch(
+    connector: tokio_rustls::TlsConnector,
+    addr: std::sync::Arc<std::sync::RwLock<String>>,
+    token: String,
+    want: std::sync::Arc<Vec<u8>>,
+) -> Outcome {
+    let mut got: Vec<u8> = Vec::with_capacity(want.len());
+    let mut requests = 0u32;
+    for _ in 0..600 {
+        let current = addr.read().unwrap().clone();
+        requests += 1;
+        match slow_get(&current, &token, &connector, &mut got).await {
+            Ok(410) => return Outcome::GoneAfter(got.len()),
+            Ok(200 | 206) => {
+                if got.len() == want.len() {
+                    assert!(got[..] == want[..], "{token}: bytes differ");
+                    return Outcome::Complete { requests };
+                }
+            }
+            Ok(other) => panic!("{token}: unexpected HTTP {other}"),
+            Err(_) => {} // the node is down: try again shortly
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{token}: gave up after 600 attempts at {} bytes", got.len());
+}
+
+/// Issue 7's figure: 100 concurrent downloads, the node killed with SIGKILL twice while they
+/// run. Every ticket completes exactly once and calls back exactly once (after dedup by event
+/// id); every device ends with the right bytes (or, when the node had already sent them all
+/// into the kernel before dying, a 410 that the DMS answers with a new URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_downloads_survive_two_kill_9s_with_one_completion_and_one_callback_each() {
+    const DEVICES: usize = 100;
+    const SIZE: usize = 8 << 20;
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        // A small send buffer keeps what the node counts as sent close to what the devices
+        // have read, so the kills land mid-download rather than mid-kernel-buffer.
+        "[ads]\ncallback_backoff_base_ms = 100\ncallback_backoff_cap_secs = 1\n\
+         send_buffer_bytes = 131072\n",
+    )
+    .unwrap();
+    let data_dir = home.path().join("node");
+    let rx = Receiver::start().await;
+    let want = std::sync::Arc::new(pattern(SIZE, 11));
+    let file = home.path().join("fw.bin");
+    std::fs::write(&file, &want[..]).unwrap();
+
+    let spawn = || Proc::spawn(&data_dir, &["--config", cfg.to_str().unwrap()]);
+    let mut p = spawn();
+    let meta = p
+        .admin_client()
+        .publish(&file, "fw", "1", |_, _| {})
+        .await
+        .unwrap();
+    let admin = client(&p.cert());
+    let mut tokens = Vec::new();
+    let mut ticket_ids = Vec::new();
+    for i in 0..DEVICES {
+        let t: serde_json::Value = admin
+            .post(format!("https://{}/v1/tickets", p.admin))
+            .bearer_auth(p.token())
+            .json(&serde_json::json!({
+                "component": meta.id,
+                "callback_url": rx.url,
+                "device_id": format!("IMEI:{i}"),
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = t["url"].as_str().unwrap();
+        tokens.push(url.rsplit_once("/d/").unwrap().1.to_string());
+        ticket_ids.push(t["id"].as_str().unwrap().to_string());
+    }
+
+    let addr = std::sync::Arc::new(std::sync::RwLock::new(p.download.clone()));
+    let mut tls = scomo_ads::net::tls::client_config_trusting(&p.cert()).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let devices: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            tokio::spawn(throttled_resuming_fetch(
+                connector.clone(),
+                addr.clone(),
+                t.clone(),
+                want.clone(),
+            ))
+        })
+        .collect();
+
+    for kill in 1..=2 {
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        p.child.kill().unwrap(); // SIGKILL
+        p.child.wait().unwrap();
+        let done = rx.delivered().len();
+        eprintln!("kill {kill}: {done} completion callbacks so far");
+        assert!(done < DEVICES, "kill {kill} came after everything finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p = spawn();
+        *addr.write().unwrap() = p.download.clone();
+    }
+
+    let mut complete = 0;
+    let mut gone = 0;
+    let mut requests = 0;
+    for d in devices {
+        match d.await.unwrap() {
+            Outcome::Complete { requests: r } => {
+                complete += 1;
+                requests += r;
+            }
+            Outcome::GoneAfter(_) => gone += 1,
+        }
+    }
+    let events = rx.wait_for(DEVICES, 30).await;
+    eprintln!(
+        "{complete} complete, {gone} gone after completion, {requests} requests, \
+         {} callbacks ({} attempts)",
+        events.len(),
+        rx.all().len()
+    );
+    assert_eq!(complete + gone, DEVICES);
+    assert!(complete >= DEVICES * 9 / 10, "most devices get every byte");
+    // Each kill cut (nearly) every download: about three requests per device.
+    assert!(
+        requests as usize >= 2 * DEVICES + DEVICES / 2,
+        "the kills did not interrupt the downloads ({requests} requests)"
+    );
+    // Exactly one completion event per ticket, even counting every attempt received.
+    let mut per_ticket: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for a in rx.all() {
+        let j = a.json();
+        assert_eq!(j["event"], "download.completed", "{j}");
+        per_ticket
+            .entry(j["ticket_id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(a.id.clone());
+    }
+    assert_eq!(per_ticket.len(), DEVICES, "every ticket called back");
+    assert!(
+        per_ticket.values().all(|ids| ids.len() == 1),
+        "a ticket completed twice"
+    );
+    assert_eq!(events.len(), DEVICES);
+    // And the node agrees: every ticket is completed.
+    let admin = client(&p.cert());
+    for id in &ticket_ids {
+        let t: serde_json::Value = admin
+            .get(format!("https://{}/v1/tickets/{id}", p.admin))
+            .bearer_auth(p.token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(t["state"], "completed", "{t}");
+    }
+    drop(p);
+}

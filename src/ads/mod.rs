@@ -223,6 +223,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         max_connections_per_ip: config.max_connections_per_ip,
+        send_buffer_bytes: config.send_buffer_bytes,
         tag_peer: false,
     };
     let state = Arc::new(AdsState {

@@ -175,6 +175,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         handshake_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(10),
         max_connections_per_ip: config.max_connections_per_ip,
+        send_buffer_bytes: 0,
         tag_peer: true,
     };
     let dispatcher = webhook::deliver::Dispatcher {

@@ -37,6 +37,10 @@ pub struct ConnectionPolicy {
     pub shutdown_grace: Duration,
     /// Open connections one client IP may hold; more are closed at accept. 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// SO_SNDBUF for accepted connections; 0 leaves the kernel's autotuning. A fixed size
+    /// bounds kernel memory per slow device and keeps "bytes written" close to "bytes the
+    /// device has" (what a ticket's completion counts), at the cost of long-fat-pipe speed.
+    pub send_buffer_bytes: usize,
     /// Record the peer address in each request's extensions (as axum's `ConnectInfo`), for
     /// the per-IP request limits of command endpoints. Off on the download plane, where it
     /// would cost an allocation per request and nothing reads it.
@@ -161,6 +165,9 @@ pub async fn serve<S, B>(
             None
         };
         let _ = stream.set_nodelay(true);
+        if policy.send_buffer_bytes > 0 {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(policy.send_buffer_bytes);
+        }
         gauge.accepted.fetch_add(1, Ordering::Relaxed);
         gauge.open.fetch_add(1, Ordering::Relaxed);
         let gauge = gauge.clone();
