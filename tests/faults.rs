@@ -432,3 +432,179 @@ async fn a_hundred_downloads_survive_two_kill_9s_with_one_completion_and_one_cal
     }
     drop(p);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `scomo-ads dms` on fixed ports (so devices find it again after a restart).
+fn spawn_dms(data: &Path, config: &Path, dm: u16, api: u16, emi: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin())
+        .args(["dms", "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{dm}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--emi-webhook-url", emi])
+        .env_remove("SCOMO_DMS_API_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("ready line").unwrap();
+        if l.starts_with("ready ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// Issue 7's figure: the DMS killed with SIGKILL in the middle of an in-band delivery and
+/// started again. The job survives in its database, the DMS re-notifies, the device's next
+/// session finishes the job, and the EMI hears of it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dms_killed_mid_session_finishes_the_job_after_restart_and_tells_the_emi_once() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("dms");
+    let config = home.path().join("dms.toml");
+    std::fs::write(
+        &config,
+        "[dms]\nrenotify_secs = 1\nsession_timeout_secs = 2\n\
+         webhook_backoff_base_ms = 100\nwebhook_backoff_cap_secs = 1\n",
+    )
+    .unwrap();
+    let emi = Receiver::start().await;
+    let (dm_port, api_port) = (free_port(), free_port());
+    let mut dms = spawn_dms(&data, &config, dm_port, api_port, &emi.url);
+    let api = format!("https://127.0.0.1:{api_port}");
+    let cert = data.join("tls/cert.pem");
+    let token = std::fs::read_to_string(data.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let http = client(&cert);
+    let component = pattern(3 << 20, 21);
+    let r = http
+        .post(format!("{api}/v1/components"))
+        .query(&[("name", "fw"), ("version", "2.0")])
+        .bearer_auth(&token)
+        .body(component.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The device: provisions itself, then waits for package 0.
+    let state = home.path().join("device/state.json");
+    let mut device = tokio::process::Command::new(bin())
+        .args(["device", "--id", "IMEI:4242"])
+        .args(["--dms-url", &format!("https://127.0.0.1:{dm_port}/dm")])
+        .args(["--api-url", &api])
+        .args(["--notify-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--max-msg-size", "8192"])
+        .arg("--cacert")
+        .arg(&cert)
+        .arg("--state")
+        .arg(&state)
+        .env("SCOMO_DMS_API_TOKEN", &token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let device_url = format!("{api}/v1/devices/IMEI:4242");
+    let mut provisioned = false;
+    for _ in 0..200 {
+        let r = http.get(&device_url).bearer_auth(&token).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            provisioned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(provisioned, "the device provisioned itself");
+
+    let job: serde_json::Value = http
+        .post(format!("{api}/v1/jobs"))
+        .bearer_auth(&token)
+        .json(
+            &serde_json::json!({"device": "IMEI:4242", "operation": "download", "component": "fw"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["job_id"].as_str().expect("job created").to_string();
+    let job_url = format!("{api}/v1/jobs/{job_id}");
+    let get_job = || async {
+        http.get(&job_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    // Kill the DMS once the in-band delivery is under way.
+    let mut delivering = false;
+    for _ in 0..1000 {
+        let j = get_job().await;
+        if steps(&j).iter().any(|s| s == "delivery") {
+            delivering = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(delivering, "the delivery started");
+    dms.kill().unwrap(); // SIGKILL
+    dms.wait().unwrap();
+
+    let mut dms = spawn_dms(&data, &config, dm_port, api_port, &emi.url);
+    let before = get_job().await;
+    assert_ne!(
+        before["state"], "succeeded",
+        "the job finished before the kill; the test proves nothing: {before:#}"
+    );
+    let mut j = before;
+    for _ in 0..600 {
+        if j["state"] == "succeeded" || j["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        j = get_job().await;
+    }
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert!(
+        steps(&j).iter().filter(|s| *s == "delivery").count() >= 2,
+        "the delivery started over in a new session: {:?}",
+        steps(&j)
+    );
+    // The device holds the right bytes.
+    let got = std::fs::read(state.with_extension("objects").join("fw")).unwrap();
+    assert!(got == component, "delivered bytes differ");
+    // The EMI is told exactly once, however often the webhook was attempted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let told: Vec<_> = emi
+        .all()
+        .into_iter()
+        .filter(|a| a.json()["job"]["id"] == job_id.as_str())
+        .collect();
+    let ids: std::collections::HashSet<_> = told.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "one EMI event for the job: {told:?}");
+    assert_eq!(told[0].json()["event"], "job.succeeded");
+    let _ = device.kill().await;
+    let _ = dms.kill();
+    let _ = dms.wait();
+}

@@ -423,8 +423,13 @@ impl Agent {
         let mut ops = Vec::new();
         let mut reassembly: Option<Reassembly> = None;
         let mut sent = 0u32;
+        // Enough messages for the largest object we accept in chunks of our message size,
+        // twice over (status round trips), plus the session's own traffic; no more.
+        let chunks = self.cfg.max_obj_size / self.cfg.max_msg_size.max(1024);
+        let max_messages =
+            u32::try_from(chunks.saturating_mul(2).saturating_add(200)).unwrap_or(u32::MAX);
         loop {
-            if sent >= 500 {
+            if sent >= max_messages {
                 return Err(DeviceError::Runaway(sent));
             }
             if let Some(n) = self.cfg.faults.drop_after_messages {
