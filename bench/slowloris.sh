@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Slowloris figure (issue 7): legitimate 1 KiB downloads measured with wrk, first on an idle
+# node, then while 10 000 slowloris connections (TLS done, request head trickled one header
+# every 3 s, spread over 40 source addresses) are held open. Reports the p99s and their ratio
+# (target: loaded p99 within 2x of unloaded), the node's RSS and open connections.
+#
+#   bash bench/slowloris.sh                     # RUNS=3 DURATION=8 SLOW=10000
+#
+# Needs: wrk, curl, python3 (installed if missing). Stops only what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8}
+SLOW=${SLOW:-10000}
+CONNS=${CONNS:-16}
+
+need=()
+for t in wrk:wrk curl:curl python3:python3; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+cargo build --release --quiet
+BIN=$PWD/target/release/scomo-ads
+WORK=$(mktemp -d /tmp/scomo-slowloris.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+TLS=127.0.0.1:28443; ADMIN=127.0.0.1:28444
+# Defaults on purpose (header_read_timeout 10 s, 1024 connections per IP, 20 000 in all).
+"$BIN" serve --data "$WORK/ads" --listen $TLS --admin-listen $ADMIN > "$WORK/node.log" 2>&1 &
+NODE=$!; PIDS+=($NODE)
+for _ in $(seq 100); do grep -q '^ready' "$WORK/node.log" && break; sleep 0.1; done
+CA="$WORK/ads/tls/cert.pem"; TOKEN=$(cat "$WORK/ads/admin.token")
+admin() { curl -sS --cacert "$CA" -H "Authorization: Bearer $TOKEN" "$@"; }
+head -c 1024 /dev/urandom > "$WORK/1k.bin"
+id=$(admin --data-binary @"$WORK/1k.bin" "https://$ADMIN/v1/components?name=1k&version=1" \
+     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+URL=$(admin -H 'content-type: application/json' \
+     -d "{\"component\":\"$id\",\"ttl_secs\":86400,\"max_deliveries\":4000000000}" "https://$ADMIN/v1/tickets" \
+     | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000}}'; }
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$NODE/status; }
+open_conns() { admin "https://$ADMIN/metrics" | awk '/^scomo_ads_open_connections\{listener="download"\}/ {print $2}'; }
+measure() { # -> lines "p99ms rps non2xx"
+  for _ in $(seq "$RUNS"); do
+    out=$(wrk -t1 -c$CONNS -d${DURATION}s --latency "$URL" 2>&1)
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+    echo "${p99:-0} ${rps:-0} ${bad:-0}"
+  done
+}
+
+echo "unloaded: RSS $(rss_mib) MiB"
+base=$(measure)
+python3 bench/slowloris.py --port "${TLS##*:}" --cafile "$CA" --connections "$SLOW" \
+  --seconds $(( RUNS * (DURATION + 2) + 60 )) > "$WORK/slow.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 120); do
+  n=$(tail -1 "$WORK/slow.log" 2>/dev/null | awk '{print $2}')
+  [ "${n:-0}" -ge "$SLOW" ] && break
+  sleep 1
+done
+echo "slowloris: $(tail -1 "$WORK/slow.log"); node sees $(open_conns) open download connections, RSS $(rss_mib) MiB"
+loaded=$(measure)
+echo "slowloris at the end: $(tail -1 "$WORK/slow.log"); node RSS $(rss_mib) MiB"
+
+b99=$(echo "$base" | awk '{print $1}' | median); l99=$(echo "$loaded" | awk '{print $1}' | median)
+brps=$(echo "$base" | awk '{print $2}' | median); lrps=$(echo "$loaded" | awk '{print $2}' | median)
+bad=$(echo "$loaded" | awk '{s+=$3} END {print s+0}')
+echo
+echo "| 1 KiB HTTPS, wrk -t1 -c$CONNS | p99 (ms) | req/s |"
+echo "|---|---|---|"
+echo "| unloaded (median of $RUNS) | $b99 | $brps |"
+echo "| with $SLOW slowloris connections | $l99 | $lrps |"
+echo "| ratio loaded/unloaded | $(awk -v a="$l99" -v b="$b99" 'BEGIN {printf "%.2f", a/b}') | $(awk -v a="$lrps" -v b="$brps" 'BEGIN {printf "%.2f", a/b}') |"
+echo "non-2xx while loaded: $bad"
