@@ -242,6 +242,11 @@ pub struct AdsConfig {
     /// long fat links). A fixed size bounds kernel memory per slow device and makes a
     /// ticket's completion ("every byte sent") closer to "every byte received".
     pub send_buffer_bytes: usize,
+    /// Largest request head (request line + headers) on the download listeners; more gets
+    /// 431. Every open connection holds a read buffer this size, idle or not.
+    pub max_request_head_bytes: usize,
+    /// Most header fields in one download request; more gets 431.
+    pub max_request_headers: usize,
     /// Free bytes an upload must leave on the data file system; uploads that would eat into
     /// it are refused with 507 (0 = only the kernel's ENOSPC stops them).
     pub keep_free_bytes: u64,
@@ -295,6 +300,8 @@ impl Default for AdsConfig {
             node_name: None,
             callback_ca_certs: Vec::new(),
             keep_free_bytes: 64 << 20,
+            max_request_head_bytes: 8192,
+            max_request_headers: 64,
             send_buffer_bytes: 0,
             max_connections_per_ip: 1024,
             admin_limits: EndpointLimits::default(),
@@ -317,6 +324,12 @@ impl AdsConfig {
         }
         if self.default_ttl_secs == 0 || self.default_ttl_secs > self.max_ttl_secs {
             return bad("default_ttl_secs must be between 1 and max_ttl_secs");
+        }
+        if self.max_request_head_bytes < 8192 || self.max_request_head_bytes > (1 << 20) {
+            return bad("max_request_head_bytes must be between 8192 and 1048576");
+        }
+        if self.max_request_headers == 0 {
+            return bad("max_request_headers must be at least 1");
         }
         if self.max_ranges == 0 {
             return bad("max_ranges must be at least 1");

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use scomo_ads::config::EndpointLimits;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -581,4 +582,62 @@ async fn the_admin_api_can_require_client_certificates_from_the_dms() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431_and_the_cap_is_configurable() {
+    let node = start().await;
+    let meta = node.publish(pattern(1000, 5), "fw", "1").await;
+    let minted = node
+        .mint_with(json!({"component": meta.id, "max_deliveries": 100}))
+        .await;
+    let url = minted.url.clone();
+    let h1 = client_h1(&node.cert());
+    let get = |extra: Vec<(String, String)>, url: String| {
+        let mut req = h1.get(url);
+        for (k, v) in extra {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    // Within the default 8 KiB head: served.
+    let r = get(vec![("x-pad".into(), "a".repeat(6000))], url.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // One big header, many headers, a long URL: refused before any ticket work.
+    let r = get(vec![("x-pad".into(), "a".repeat(9000))], url.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let many = (0..70).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let r = get(many, url.clone()).await.unwrap();
+    assert_eq!(r.status(), 431);
+    let long = format!("{url}?{}", "q".repeat(9000));
+    let r = get(vec![], long).await.unwrap();
+    assert!([414, 431].contains(&r.status().as_u16()), "{}", r.status());
+    // Over HTTP/2 the same cap applies to the header list.
+    let r = client(&node.cert())
+        .get(&url)
+        .header("x-pad", "a".repeat(9000))
+        .send()
+        .await;
+    assert_eq!(r.unwrap().status(), 431, "h2 oversize header list");
+    // The shared link counted only the one request that was served.
+    let t = node.ticket(&minted.id).await;
+    assert_eq!(t["requests"], 1, "{t}");
+
+    let roomy = start_with(|c| c.max_request_head_bytes = 16 * 1024).await;
+    let meta = roomy.publish(pattern(1000, 5), "fw", "1").await;
+    let url = roomy
+        .mint_with(json!({"component": meta.id, "max_deliveries": 100}))
+        .await
+        .url;
+    let r = client_h1(&roomy.cert())
+        .get(&url)
+        .header("x-pad", "a".repeat(9000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a 16 KiB cap admits a 9 KiB header");
 }

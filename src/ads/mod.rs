@@ -121,6 +121,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AdsError> {
         .map_err(|source| AdsError::Bind { addr, source })
 }
 
+/// Request-head cap and read buffer of the admin listener (uploads stream through it).
+const ADMIN_READ_BUFFER: usize = 64 * 1024;
+
 /// Starts the node; it runs until `shutdown` is cancelled.
 pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<AdsHandle, AdsError> {
     config.validate()?;
@@ -224,6 +227,8 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         max_connections_per_ip: config.max_connections_per_ip,
         send_buffer_bytes: config.send_buffer_bytes,
+        max_head_bytes: config.max_request_head_bytes,
+        max_headers: config.max_request_headers,
         tag_peer: false,
     };
     let state = Arc::new(AdsState {
@@ -278,6 +283,8 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         admin_service,
         ConnectionPolicy {
             tag_peer: true,
+            // Uploads stream through this buffer: larger reads, fewer syscalls.
+            max_head_bytes: ADMIN_READ_BUFFER,
             ..policy
         },
         metrics.admin_connections.clone(),

@@ -41,6 +41,12 @@ pub struct ConnectionPolicy {
     /// bounds kernel memory per slow device and keeps "bytes written" close to "bytes the
     /// device has" (what a ticket's completion counts), at the cost of long-fat-pipe speed.
     pub send_buffer_bytes: usize,
+    /// Largest request head (request line + headers) in bytes; bigger gets 431. Also hyper's
+    /// read buffer size, which every open connection holds even while idle, so the download
+    /// plane keeps it small. At least 8192.
+    pub max_head_bytes: usize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
     /// Record the peer address in each request's extensions (as axum's `ConnectInfo`), for
     /// the per-IP request limits of command endpoints. Off on the download plane, where it
     /// would cost an allocation per request and nothing reads it.
@@ -119,12 +125,13 @@ pub async fn serve<S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(policy.header_read_timeout)
-        .max_buf_size(64 * 1024);
+        .max_headers(policy.max_headers)
+        .max_buf_size(policy.max_head_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
-        .max_header_list_size(32 * 1024)
+        .max_header_list_size(u32::try_from(policy.max_head_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(policy.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
