@@ -218,6 +218,9 @@ pub struct DeviceArgs {
     /// Fault injection: drop the connection after this many messages, once.
     #[arg(long)]
     pub drop_after: Option<u32>,
+    /// Fault injection: with --drop-after, drop this many sessions in all (default 1).
+    #[arg(long, default_value_t = 1)]
+    pub drop_sessions: u32,
     /// Fault injection: cut each alternate download this many times (it resumes).
     #[arg(long, default_value_t = 0)]
     pub interrupt_downloads: u32,

@@ -90,6 +90,8 @@ pub struct DmsConfig {
     pub alternate_threshold_bytes: u64,
     /// When no ADS node is healthy, deliver in-band instead of failing the job.
     pub fallback_to_dm: bool,
+    /// In-band deliveries one job may start (each dropped session starts over) before it fails.
+    pub max_delivery_attempts: u32,
     /// How often ADS nodes' `/healthz` is checked.
     pub ads_health_interval_secs: u64,
     /// Lifetime of minted download URLs.
@@ -159,6 +161,7 @@ impl Default for DmsConfig {
             ads_callback_url: None,
             alternate_threshold_bytes: 1 << 20,
             fallback_to_dm: true,
+            max_delivery_attempts: 5,
             ads_health_interval_secs: 5,
             ticket_ttl_secs: 3600,
             max_connections_per_ip: 1024,

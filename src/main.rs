@@ -275,6 +275,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             fail_install: args.fail_install,
             corrupt_delivered: args.corrupt_delivered,
             drop_after_messages: args.drop_after,
+            drop_sessions: args.drop_sessions,
             interrupt_downloads: args.interrupt_downloads,
         },
     };

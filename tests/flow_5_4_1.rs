@@ -312,6 +312,53 @@ async fn missing_credentials_get_407_with_a_challenge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_drops_every_session_fails_its_job_after_max_delivery_attempts() {
+    let dms = start_dms_with(|c| {
+        c.renotify_secs = 1;
+        c.session_timeout_secs = 1;
+        c.max_delivery_attempts = 3;
+    })
+    .await;
+    catalog(&dms).await;
+    let faults = scomo_ads::device::Faults {
+        drop_after_messages: Some(3),
+        drop_sessions: u32::MAX,
+        ..Default::default()
+    };
+    let _dev = start_device(&dms, "IMEI:1007", faults).await;
+    let job = dms
+        .create_job(json!({"device": "IMEI:1007", "operation": "download", "component": "fw"}))
+        .await;
+    let j = dms.wait_job(&job, 40).await;
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(
+        steps(&j).iter().filter(|s| *s == "delivery").count(),
+        3,
+        "{:?}",
+        steps(&j)
+    );
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_delivery_attempts"),
+        "{j:#}"
+    );
+    let e = emi_told(&dms, &job).await;
+    assert_eq!(e["event"], "job.failed");
+    // Told once, and nothing more happens to the job.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let told = dms
+        .emi
+        .delivered()
+        .iter()
+        .filter(|a| a.json()["job"]["id"] == job.as_str())
+        .count();
+    assert_eq!(told, 1);
+    assert_eq!(dms.job(&job).await["timeline"], j["timeline"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_drops_mid_session_finishes_in_its_next_session() {
     let dms = start_dms_with(|c| {
         c.renotify_secs = 1;

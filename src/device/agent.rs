@@ -31,8 +31,10 @@ pub struct Faults {
     pub fail_install: bool,
     /// A byte of every delivered object is flipped on arrival (validation then fails: 1407).
     pub corrupt_delivered: bool,
-    /// Drop the connection (stop answering) after sending this many messages, once.
+    /// Drop the connection (stop answering) after sending this many messages in a session.
     pub drop_after_messages: Option<u32>,
+    /// How many sessions to drop that way in all (0 counts as 1).
+    pub drop_sessions: u32,
     /// Cut alternate downloads this many times in all (each must resume).
     pub interrupt_downloads: u32,
 }
@@ -433,7 +435,7 @@ impl Agent {
                 return Err(DeviceError::Runaway(sent));
             }
             if let Some(n) = self.cfg.faults.drop_after_messages {
-                if sent >= n && st.drops_done == 0 {
+                if sent >= n && st.drops_done < self.cfg.faults.drop_sessions.max(1) {
                     st.drops_done += 1;
                     let mut live = self.state.lock().await;
                     live.drops_done = st.drops_done;

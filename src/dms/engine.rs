@@ -56,6 +56,9 @@ pub struct EngineConfig {
     /// `auto` delivery goes alternate above this size.
     pub alternate_threshold: u64,
     pub fallback_to_dm: bool,
+    /// In-band deliveries a job may start before it fails (a device that drops every
+    /// session must not keep the job, and its session slot, busy forever).
+    pub max_delivery_attempts: u32,
     pub ticket_ttl_secs: u64,
     /// Delivery of jobs the device asks for (alternative flows 1).
     pub default_delivery: String,
@@ -1206,6 +1209,15 @@ impl Engine {
                 Some(reason),
             )
             .await?;
+            return Ok((Vec::new(), true));
+        }
+        let attempts = job.timeline.iter().filter(|t| t.step == "delivery").count();
+        if attempts >= self.cfg.max_delivery_attempts as usize {
+            let reason = format!(
+                "the in-band delivery started {attempts} times and never completed; the device \
+                 keeps dropping the session (max_delivery_attempts)"
+            );
+            self.finish(job, false, None, Some(reason)).await?;
             return Ok((Vec::new(), true));
         }
         let path = self.store.build_path(&build.id);

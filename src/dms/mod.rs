@@ -144,6 +144,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
             ads_callback_url,
             alternate_threshold: config.alternate_threshold_bytes,
             fallback_to_dm: config.fallback_to_dm,
+            max_delivery_attempts: config.max_delivery_attempts,
             ticket_ttl_secs: config.ticket_ttl_secs,
             default_delivery: config.default_delivery.clone(),
         },
