@@ -250,6 +250,9 @@ pub struct AdsConfig {
     pub max_request_head_bytes: usize,
     /// Most header fields in one download request; more gets 431.
     pub max_request_headers: usize,
+    /// Tickets kept in memory (about 2 KiB each, so the default bounds them near 200 MiB);
+    /// older ones are reloaded from SQLite when used.
+    pub ticket_cache_entries: u64,
     /// Free bytes an upload must leave on the data file system; uploads that would eat into
     /// it are refused with 507 (0 = only the kernel's ENOSPC stops them).
     pub keep_free_bytes: u64,
@@ -303,6 +306,7 @@ impl Default for AdsConfig {
             node_name: None,
             callback_ca_certs: Vec::new(),
             keep_free_bytes: 64 << 20,
+            ticket_cache_entries: 100_000,
             max_request_head_bytes: 8192,
             max_request_headers: 64,
             send_buffer_bytes: 0,

@@ -443,3 +443,46 @@ async fn a_small_one_time_download_is_durably_consumed_when_its_response_ends() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::GONE);
 }
+
+/// The ticket cache is bounded: beyond `ticket_cache_entries`, tickets are evicted and come
+/// back from SQLite when used, with their one-time semantics intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ticket_cache_is_bounded_and_evicted_tickets_still_work_once() {
+    let node = start_with(|c| c.ticket_cache_entries = 3).await;
+    let data = pattern(5000, 12);
+    let meta = node.publish(data.clone(), "fw", "1").await;
+    let mut urls = Vec::new();
+    for _ in 0..12 {
+        urls.push(
+            node.mint_with(json!({"component": meta.id, "ttl_secs": 60}))
+                .await
+                .url,
+        );
+    }
+    let cached = || async {
+        let m = client(&node.cert())
+            .get(node.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("scomo_ads_tickets_cached "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(cached().await <= 3, "12 minted, at most 3 kept");
+    let c = client(&node.cert());
+    for url in &urls {
+        let r = c.get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().await.unwrap() == data);
+    }
+    for url in &urls {
+        assert_eq!(c.get(url).send().await.unwrap().status(), StatusCode::GONE);
+    }
+    assert!(cached().await <= 3);
+}

@@ -35,7 +35,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, cache: &CacheStats) -> String {
+    pub fn render(&self, cache: &CacheStats, tickets_cached: u64) -> String {
         let mut out = String::with_capacity(2048);
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.push_str("# HELP scomo_ads_requests_total Download-plane responses by status.\n");
@@ -118,7 +118,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP scomo_ads_open_connections Open connections by listener.\n# TYPE scomo_ads_open_connections gauge\nscomo_ads_open_connections{{listener=\"download\"}} {}\nscomo_ads_open_connections{{listener=\"admin\"}} {}",
+            "# HELP scomo_ads_tickets_cached Tickets held in memory.\n# TYPE scomo_ads_tickets_cached gauge\nscomo_ads_tickets_cached {tickets_cached}\n# HELP scomo_ads_open_connections Open connections by listener.\n# TYPE scomo_ads_open_connections gauge\nscomo_ads_open_connections{{listener=\"download\"}} {}\nscomo_ads_open_connections{{listener=\"admin\"}} {}",
             r(&self.download_connections.open),
             r(&self.admin_connections.open)
         );

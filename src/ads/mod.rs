@@ -193,6 +193,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
             max_ttl: config.max_ttl_secs,
             grace: config.expiry_grace_secs,
             callback_allow_hosts: config.callback_allow_hosts.clone(),
+            cache_entries: config.ticket_cache_entries,
         },
         writer,
         metrics.clone(),

@@ -477,6 +477,8 @@ pub struct TicketPolicy {
     pub grace: u64,
     /// Hosts callback URLs may point at; `*` allows any.
     pub callback_allow_hosts: Vec<String>,
+    /// Tickets kept in memory (about 2 KiB each); colder ones reload from SQLite on use.
+    pub cache_entries: u64,
 }
 
 struct Inner {
@@ -513,6 +515,7 @@ impl Tickets {
         writer: Writer,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let cache_entries = policy.cache_entries.max(1);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -520,7 +523,7 @@ impl Tickets {
                 policy,
                 writer,
                 live: moka::sync::Cache::builder()
-                    .max_capacity(1_000_000)
+                    .max_capacity(cache_entries)
                     .time_to_idle(std::time::Duration::from_secs(3600))
                     .support_invalidation_closures()
                     .build(),
@@ -531,6 +534,12 @@ impl Tickets {
                 next_req: AtomicU64::new(rand::random::<u32>() as u64),
             }),
         }
+    }
+
+    /// Tickets held in the in-memory cache (after its pending evictions ran).
+    pub fn cached(&self) -> u64 {
+        self.inner.live.run_pending_tasks();
+        self.inner.live.entry_count()
     }
 
     pub fn policy(&self) -> &TicketPolicy {
