@@ -5,7 +5,9 @@
 # SAMPLE seconds; at the end reports errors and whether descriptors came back to their
 # starting level once the load stopped (no leak). Exit status 1 on errors or a leak.
 #
-#   bash bench/soak.sh                 # DURATION=120 FLEET=20 SAMPLE=5
+#   bash bench/soak.sh                 # DURATION=120 FLEET=20 SAMPLE=5 TICKET_CACHE=100000
+#
+# A small TICKET_CACHE shows memory levelling off once the ticket cache is full.
 #
 # Needs: wrk, curl, python3 (installed if missing). Stops only what it starts.
 set -euo pipefail
@@ -30,7 +32,9 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
 
-cat > "$WORK/soak.toml" <<'TOML'
+cat > "$WORK/soak.toml" <<TOML
+[ads]
+ticket_cache_entries = ${TICKET_CACHE:-100000}
 [dms]
 listen = "127.0.0.1:38445"
 api_listen = "127.0.0.1:38446"
@@ -58,6 +62,7 @@ URL=$(ads -H 'content-type: application/json' \
 fds() { ls /proc/$UP/fd | wc -l; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$UP/status; }
 conns() { ads "https://127.0.0.1:38444/metrics" | awk '/^scomo_ads_open_connections\{listener="download"\}/ {print $2}'; }
+cached() { ads "https://127.0.0.1:38444/metrics" | awk '/^scomo_ads_tickets_cached / {print $2}'; }
 
 FD0=$(fds); RSS0=$(rss_mib)
 echo "start: RSS ${RSS0} MiB, ${FD0} fds"
@@ -79,11 +84,11 @@ WRK=$!; PIDS+=($WRK)
 ) > "$WORK/fleet.log" 2>&1 &
 FLEET_PID=$!; PIDS+=($FLEET_PID)
 
-echo "   t(s)  RSS(MiB)  fds  download-conns"
+echo "   t(s)  RSS(MiB)  fds  download-conns  tickets-cached"
 t=0
 while kill -0 $WRK 2>/dev/null; do
   sleep "$SAMPLE"; t=$((t + SAMPLE))
-  printf "%7d %9s %4s %15s\n" "$t" "$(rss_mib)" "$(fds)" "$(conns)"
+  printf "%7d %9s %4s %15s %15s\n" "$t" "$(rss_mib)" "$(fds)" "$(conns)" "$(cached)"
 done
 wait $FLEET_PID || true
 sleep 3
