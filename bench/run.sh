@@ -13,21 +13,8 @@ DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
 OUT=${OUT:-bench/RESULTS.md}
 
-need=()
-for t in wrk:wrk h2load:nghttp2-client nginx:nginx curl:curl openssl:openssl python3:python3; do
-  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
-cargo build --release --quiet
-BIN=$PWD/target/release/scomo-ads
-WORK=$(mktemp -d /tmp/scomo-bench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+. bench/common.sh
+bench_setup bench wrk:wrk h2load:nghttp2-client nginx:nginx curl:curl openssl:openssl python3:python3
 
 # ---------------------------------------------------------------- objects
 mkdir -p "$WORK/www/files"
@@ -102,8 +89,6 @@ for f in 1k 64k 1m 100m; do
 done
 
 # ---------------------------------------------------------------- helpers
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000}}'; }
 # wrk_run URL [script] -> "reqs/s bytes/s p99ms errors"
 wrk_run() {
   local url=$1 script=${2:-}

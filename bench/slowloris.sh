@@ -26,21 +26,8 @@ CONNS=${CONNS:-16}
 NICE=${NICE:-19}
 HEADER_TIMEOUT=${HEADER_TIMEOUT:-10}
 
-need=()
-for t in wrk:wrk curl:curl python3:python3; do
-  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
-cargo build --release --quiet
-BIN=$PWD/target/release/scomo-ads
-WORK=$(mktemp -d /tmp/scomo-slowloris.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+. bench/common.sh
+bench_setup slowloris wrk:wrk curl:curl python3:python3
 
 TLS=127.0.0.1:28443; ADMIN=127.0.0.1:28444
 # Defaults otherwise (1024 connections per IP, 20 000 in all).
@@ -57,8 +44,6 @@ URL=$(admin -H 'content-type: application/json' \
      -d "{\"component\":\"$id\",\"ttl_secs\":86400,\"max_deliveries\":4000000000}" "https://$ADMIN/v1/tickets" \
      | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000}}'; }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/$NODE/status; }
 open_conns() { admin "https://$ADMIN/metrics" | awk '/^scomo_ads_open_connections\{listener="download"\}/ {print $2}'; }
 measure() { # -> lines "p99ms rps non2xx"

@@ -16,21 +16,8 @@ DURATION=${DURATION:-120}
 FLEET=${FLEET:-20}
 SAMPLE=${SAMPLE:-5}
 
-need=()
-for t in wrk:wrk curl:curl python3:python3; do
-  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
-cargo build --release --quiet
-BIN=$PWD/target/release/scomo-ads
-WORK=$(mktemp -d /tmp/scomo-soak.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+. bench/common.sh
+bench_setup soak wrk:wrk curl:curl python3:python3
 
 cat > "$WORK/soak.toml" <<TOML
 [ads]
