@@ -85,6 +85,10 @@ pub struct AdminArgs {
     /// CA certificate to trust for the admin API (default: DATA/tls/cert.pem if present).
     #[arg(long)]
     pub cacert: Option<PathBuf>,
+    /// PEM file with a client certificate and its key, for an admin API that requires
+    /// mutual TLS (the node's `admin_client_ca`).
+    #[arg(long, env = "SCOMO_ADS_CLIENT_IDENTITY")]
+    pub client_identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

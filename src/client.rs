@@ -34,6 +34,8 @@ pub struct AdminTarget {
     pub token: String,
     /// Extra CA certificate to trust (the node's generated self-signed certificate).
     pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate + key, for a node whose admin API requires mutual TLS.
+    pub client_identity: Option<PathBuf>,
 }
 
 impl AdminTarget {
@@ -58,6 +60,7 @@ impl AdminTarget {
             url: url.trim_end_matches('/').to_string(),
             token,
             ca_cert,
+            client_identity: None,
         })
     }
 }
@@ -70,10 +73,13 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(target: AdminTarget) -> Result<Self, ClientError> {
-        let builder = crate::net::tls::trust(
+        let mut builder = crate::net::tls::trust(
             reqwest::Client::builder().use_rustls_tls(),
             target.ca_cert.as_slice(),
         )?;
+        if let Some(identity) = &target.client_identity {
+            builder = crate::net::tls::present(builder, identity)?;
+        }
         Ok(Self {
             target,
             http: builder.build()?,

@@ -51,6 +51,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.admin.data,
                 args.admin.cacert,
             )?;
+            let target = AdminTarget {
+                client_identity: args.admin.client_identity,
+                ..target
+            };
             let client = AdminClient::new(target)?;
             let bar = progress_bar();
             let b = bar.clone();
@@ -76,6 +80,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.admin.data,
                 args.admin.cacert,
             )?;
+            let target = AdminTarget {
+                client_identity: args.admin.client_identity,
+                ..target
+            };
             let client = AdminClient::new(target)?;
             let minted = client
                 .mint(

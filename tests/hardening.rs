@@ -545,6 +545,31 @@ async fn the_admin_api_can_require_client_certificates_from_the_dms() {
         .send()
         .await;
     assert!(r.is_err(), "{r:?}");
+    // The operator's CLI presents the identity too (`--client-identity`), and fails without.
+    let file = home.path().join("fw.bin");
+    std::fs::write(&file, pattern(700, 8)).unwrap();
+    let publish = |identity: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("publish")
+            .arg(&file)
+            .args(["--name", "cli", "--version", "1"])
+            .args(["--admin-url", &node.handle.admin_url])
+            .arg("--data")
+            .arg(node.dir.path())
+            .env_remove("SCOMO_ADS_ADMIN_TOKEN")
+            .env_remove("SCOMO_ADS_CLIENT_IDENTITY");
+        if let Some(p) = identity {
+            cmd.arg("--client-identity").arg(p);
+        }
+        cmd.output().unwrap()
+    };
+    let out = publish(Some(&dms_identity));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!publish(None).status.success());
     // Downloads stay open to devices without client certificates.
     let pem = std::fs::read(&dms_identity).unwrap();
     let admin = reqwest::Client::builder()

@@ -76,16 +76,7 @@ impl AdsNode {
             .connect_timeout(Duration::from_secs(5));
         let mut b = crate::net::tls::trust(b, cfg.ca_cert.as_slice())?;
         if let Some(path) = &cfg.client_identity {
-            let pem = std::fs::read(path).map_err(|source| AdsClientError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|source| AdsClientError::Http {
-                    node: cfg.name.clone(),
-                    source,
-                })?;
-            b = b.identity(identity);
+            b = crate::net::tls::present(b, path)?;
         }
         let http = b.build().map_err(|source| AdsClientError::Http {
             node: cfg.name.clone(),

@@ -268,6 +268,23 @@ pub enum TrustError {
     },
     #[error("{0} is not a PEM CA certificate")]
     NotPem(PathBuf),
+    #[error("{0} is not a PEM client certificate with its private key")]
+    NotIdentity(PathBuf),
+}
+
+/// Makes an HTTP client present the certificate and key in the PEM file `identity` (mutual
+/// TLS, for an ADS admin API that requires it).
+pub fn present(
+    builder: reqwest::ClientBuilder,
+    identity: &Path,
+) -> Result<reqwest::ClientBuilder, TrustError> {
+    let pem = std::fs::read(identity).map_err(|source| TrustError::Read {
+        path: identity.to_path_buf(),
+        source,
+    })?;
+    let identity = reqwest::Identity::from_pem(&pem)
+        .map_err(|_| TrustError::NotIdentity(identity.to_path_buf()))?;
+    Ok(builder.identity(identity))
 }
 
 /// Adds each PEM CA certificate in `cas` to an HTTP client's trusted roots (beside the
