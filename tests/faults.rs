@@ -608,3 +608,90 @@ async fn the_dms_killed_mid_session_finishes_the_job_after_restart_and_tells_the
     let _ = dms.kill();
     let _ = dms.wait();
 }
+
+/// A bind mount of `dir` onto itself, read-only, undone on drop; `None` where this process
+/// may not mount.
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> Option<ReadOnly> {
+        let run = |args: &[&str]| {
+            std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["--bind"]) {
+            return None;
+        }
+        let guard = ReadOnly(dir.to_path_buf());
+        let ro = std::process::Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ro.then_some(guard)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A data directory on a read-only file system (a failing disk the kernel remounted `ro`,
+/// found at the next start): the node refuses to start with an error naming the problem,
+/// instead of panicking or serving without being able to record anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_directory_is_refused_at_start_with_a_clear_error() {
+    let node = start().await;
+    let meta = node.publish(pattern(10_000, 33), "fw", "1").await;
+    let dir = node.dir.path().to_path_buf();
+    node.shutdown.cancel();
+    node.handle.wait().await;
+    let Some(_ro) = ReadOnly::mount(&dir) else {
+        eprintln!("SKIPPED: cannot bind-mount read-only here");
+        return;
+    };
+    assert!(
+        std::fs::write(dir.join("probe"), b"x").is_err(),
+        "the mount is read-only"
+    );
+    let err = match scomo_ads::ads::start(
+        test_config(&dir),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    {
+        Ok(_) => panic!("a node started on a read-only data directory"),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("start on a read-only dir: {err}");
+    assert!(
+        err.to_lowercase().contains("read-only") || err.to_lowercase().contains("readonly"),
+        "the error says what is wrong: {err}"
+    );
+    // The data is intact for when the disk is fixed.
+    drop(_ro);
+    let again = scomo_ads::ads::start(
+        test_config(&dir),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("starts again once writable");
+    let r = client(&again.cert_path)
+        .get(format!("{}/v1/components/{}", again.admin_url, meta.id))
+        .bearer_auth(&again.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
