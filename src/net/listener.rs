@@ -1,5 +1,5 @@
-//! The accept loop every listener shares: a cap on concurrent connections, a TLS handshake
-//! timeout, hyper-util's auto (HTTP/1.1 + HTTP/2) connection with a header-read timeout, the
+//! The accept loop every listener shares: a cap on concurrent connections (in all and per
+//! client IP), SO_SNDBUF and head-size limits, a TLS handshake timeout, hyper-util's auto (HTTP/1.1 + HTTP/2) connection with a header-read timeout, the
 //! progress-based idle timeout of [`TimedIo`], and graceful shutdown that lets in-flight
 //! responses finish.
 
