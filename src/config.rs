@@ -319,6 +319,29 @@ impl Default for AdsConfig {
     }
 }
 
+impl DmsConfig {
+    /// Checks values that would make the DMS misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.max_delivery_attempts == 0 {
+            return bad("max_delivery_attempts must be at least 1");
+        }
+        if self.session_timeout_secs == 0 || self.renotify_secs == 0 {
+            return bad("session_timeout_secs and renotify_secs must be at least 1");
+        }
+        if self.max_message_bytes < 4096 {
+            return bad("max_message_bytes must be at least 4096");
+        }
+        if !matches!(self.default_delivery.as_str(), "dm" | "alternate" | "auto") {
+            return bad("default_delivery must be dm, alternate or auto");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be given together");
+        }
+        Ok(())
+    }
+}
+
 impl AdsConfig {
     /// Checks values that would make the node misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -401,5 +424,15 @@ mod tests {
         assert!(c.validate().is_ok());
         c.chunk_bytes = 10;
         assert!(c.validate().is_err());
+        let mut c = AdsConfig::default();
+        c.max_request_head_bytes = 100;
+        assert!(c.validate().is_err());
+        let mut d = DmsConfig::default();
+        assert!(d.validate().is_ok());
+        d.max_delivery_attempts = 0;
+        assert!(d.validate().is_err());
+        let mut d = DmsConfig::default();
+        d.default_delivery = "carrier-pigeon".into();
+        assert!(d.validate().is_err());
     }
 }

@@ -52,6 +52,8 @@ pub enum DmsError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Ads(#[from] ads_client::AdsClientError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A running DMS.
@@ -90,6 +92,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DmsError> {
 
 /// Starts the DMS; it runs until `shutdown` is cancelled.
 pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<DmsHandle, DmsError> {
+    config.validate()?;
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| DmsError::DataDir {
         path: dir.clone(),
