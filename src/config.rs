@@ -424,15 +424,21 @@ mod tests {
         assert!(c.validate().is_ok());
         c.chunk_bytes = 10;
         assert!(c.validate().is_err());
-        let mut c = AdsConfig::default();
-        c.max_request_head_bytes = 100;
+        let c = AdsConfig {
+            max_request_head_bytes: 100,
+            ..AdsConfig::default()
+        };
         assert!(c.validate().is_err());
-        let mut d = DmsConfig::default();
-        assert!(d.validate().is_ok());
-        d.max_delivery_attempts = 0;
+        assert!(DmsConfig::default().validate().is_ok());
+        let d = DmsConfig {
+            max_delivery_attempts: 0,
+            ..DmsConfig::default()
+        };
         assert!(d.validate().is_err());
-        let mut d = DmsConfig::default();
-        d.default_delivery = "carrier-pigeon".into();
+        let d = DmsConfig {
+            default_delivery: "carrier-pigeon".into(),
+            ..DmsConfig::default()
+        };
         assert!(d.validate().is_err());
     }
 }
