@@ -68,23 +68,19 @@ async fn an_upload_that_would_eat_the_free_space_reserve_gets_507_and_publishes_
     assert_eq!(files_under(&node.dir.path().join("tmp")), 0);
 }
 
-/// A tmpfs of `mib` MiB mounted on `dir`, unmounted on drop; `None` where this process may
-/// not mount (no CAP_SYS_ADMIN).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
+/// Runs `mount ARGS...`; whether it worked (it needs CAP_SYS_ADMIN).
+fn mount(args: &[&std::ffi::OsStr]) -> bool {
+    std::process::Command::new("mount")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
-impl Drop for Tmpfs {
+/// Something mounted on a directory, lazily unmounted on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
             .arg("-l")
@@ -93,10 +89,35 @@ impl Drop for Tmpfs {
     }
 }
 
+impl Mounted {
+    /// A tmpfs of `mib` MiB on `dir`; `None` where this process may not mount.
+    fn tmpfs(dir: &Path, mib: u64) -> Option<Mounted> {
+        let size = std::ffi::OsString::from(format!("size={mib}m"));
+        mount(&[
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "-o".as_ref(),
+            &size,
+            "tmpfs".as_ref(),
+            dir.as_os_str(),
+        ])
+        .then(|| Mounted(dir.to_path_buf()))
+    }
+
+    /// `dir` bind-mounted onto itself read-only; `None` where this process may not mount.
+    fn read_only(dir: &Path) -> Option<Mounted> {
+        if !mount(&["--bind".as_ref(), dir.as_os_str(), dir.as_os_str()]) {
+            return None;
+        }
+        let guard = Mounted(dir.to_path_buf());
+        mount(&["-o".as_ref(), "remount,ro,bind".as_ref(), dir.as_os_str()]).then_some(guard)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_really_full_disk_mid_upload_gets_507_and_the_node_carries_on() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(_fs) = Tmpfs::mount(dir.path(), 6) else {
+    let Some(_fs) = Mounted::tmpfs(dir.path(), 6) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here; the reserve test covers the 507 path");
         return;
     };
@@ -609,44 +630,6 @@ async fn the_dms_killed_mid_session_finishes_the_job_after_restart_and_tells_the
     let _ = dms.wait();
 }
 
-/// A bind mount of `dir` onto itself, read-only, undone on drop; `None` where this process
-/// may not mount.
-struct ReadOnly(std::path::PathBuf);
-
-impl ReadOnly {
-    fn mount(dir: &Path) -> Option<ReadOnly> {
-        let run = |args: &[&str]| {
-            std::process::Command::new("mount")
-                .args(args)
-                .arg(dir)
-                .arg(dir)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !run(&["--bind"]) {
-            return None;
-        }
-        let guard = ReadOnly(dir.to_path_buf());
-        let ro = std::process::Command::new("mount")
-            .args(["-o", "remount,ro,bind"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ro.then_some(guard)
-    }
-}
-
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A data directory on a read-only file system (a failing disk the kernel remounted `ro`,
 /// found at the next start): the node refuses to start with an error naming the problem,
 /// instead of panicking or serving without being able to record anything.
@@ -657,7 +640,7 @@ async fn a_read_only_data_directory_is_refused_at_start_with_a_clear_error() {
     let dir = node.dir.path().to_path_buf();
     node.shutdown.cancel();
     node.handle.wait().await;
-    let Some(_ro) = ReadOnly::mount(&dir) else {
+    let Some(_ro) = Mounted::read_only(&dir) else {
         eprintln!("SKIPPED: cannot bind-mount read-only here");
         return;
     };
