@@ -14,6 +14,23 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// One counter from the node's `/metrics`.
+async fn metric(node: &Node, name: &str) -> u64 {
+    let text = client(&node.cert())
+        .get(node.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
 fn retry_after(r: &reqwest::Response) -> u64 {
     r.headers()
         .get("retry-after")
@@ -52,6 +69,11 @@ async fn the_admin_api_answers_429_with_retry_after_over_the_request_rate() {
     assert_eq!(&codes[..5], &[200; 5], "the burst passes: {codes:?}");
     assert!(codes[5..].contains(&429), "{codes:?}");
     assert!(waits.iter().all(|w| (1..=2).contains(w)), "{waits:?}");
+    assert_eq!(
+        metric(&node, "scomo_ads_admin_rate_limited_total").await,
+        waits.len() as u64,
+        "every 429 counted"
+    );
     // Health checks are not rate limited (load balancers poll them).
     for _ in 0..10 {
         let r = http.get(node.admin("/healthz")).send().await.unwrap();
@@ -104,6 +126,11 @@ async fn wrong_admin_tokens_start_a_backoff_that_even_the_right_token_waits_out(
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "after the backoff the right token works");
+    assert_eq!(
+        metric(&node, "scomo_ads_admin_bad_credentials_total").await,
+        3
+    );
+    assert_eq!(metric(&node, "scomo_ads_admin_auth_backoff_total").await, 1);
     // Success forgets the failures: two more guesses are free again.
     for _ in 0..2 {
         assert_eq!(get("guess").await.unwrap().status(), 401);

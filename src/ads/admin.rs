@@ -449,9 +449,11 @@ fn outbox_error(e: crate::webhook::outbox::OutboxError) -> ApiError {
 async fn metrics(State(state): State<Arc<AdsState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics
-            .render(state.cache.stats(), state.tickets.cached()),
+        state.metrics.render(
+            state.cache.stats(),
+            state.tickets.cached(),
+            &state.admin_guard.refused,
+        ),
     )
         .into_response()
 }

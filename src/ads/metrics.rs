@@ -35,7 +35,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, cache: &CacheStats, tickets_cached: u64) -> String {
+    pub fn render(
+        &self,
+        cache: &CacheStats,
+        tickets_cached: u64,
+        admin_refused: &crate::net::guard::GuardCounters,
+    ) -> String {
         let mut out = String::with_capacity(2048);
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.push_str("# HELP scomo_ads_requests_total Download-plane responses by status.\n");
@@ -108,6 +113,21 @@ impl Metrics {
                 "Connections closed at accept because their client IP held its share (all listeners).",
                 r(&self.download_connections.refused_per_ip)
                     + r(&self.admin_connections.refused_per_ip),
+            ),
+            (
+                "scomo_ads_admin_rate_limited_total",
+                "Admin API requests refused with 429 for their client's request rate.",
+                r(&admin_refused.rate_limited),
+            ),
+            (
+                "scomo_ads_admin_bad_credentials_total",
+                "Admin API requests with a wrong or missing token.",
+                r(&admin_refused.bad_credentials),
+            ),
+            (
+                "scomo_ads_admin_auth_backoff_total",
+                "Admin API requests refused with 429 while their client backed off after failed tokens.",
+                r(&admin_refused.auth_backoff),
             ),
         ];
         for (name, help, value) in counters {

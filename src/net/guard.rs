@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,6 +181,19 @@ impl AuthThrottle {
 pub struct EndpointGuard {
     pub rate: RateLimit,
     pub auth: AuthThrottle,
+    /// What the guard refused, for `/metrics`.
+    pub refused: GuardCounters,
+}
+
+/// Counters of what an endpoint's guard refused.
+#[derive(Default, Debug)]
+pub struct GuardCounters {
+    /// 429s for the request rate.
+    pub rate_limited: AtomicU64,
+    /// Wrong or missing credentials (401).
+    pub bad_credentials: AtomicU64,
+    /// 429s while an identity was backing off after failures.
+    pub auth_backoff: AtomicU64,
 }
 
 impl EndpointGuard {
@@ -188,6 +202,7 @@ impl EndpointGuard {
         Arc::new(Self {
             rate: RateLimit::new(limits.requests_per_sec, limits.burst),
             auth: AuthThrottle::from_limits(limits),
+            refused: GuardCounters::default(),
         })
     }
 }
@@ -203,11 +218,15 @@ impl EndpointGuard {
         token: &str,
     ) -> Result<(), Option<Duration>> {
         let identity = ip.map(|ip| ip.to_string()).unwrap_or_default();
-        self.auth.check(&identity).map_err(Some)?;
+        if let Err(wait) = self.auth.check(&identity) {
+            self.refused.auth_backoff.fetch_add(1, Ordering::Relaxed);
+            return Err(Some(wait));
+        }
         if crate::secrets::bearer_matches(authorization, token) {
             self.auth.succeeded(&identity);
             Ok(())
         } else {
+            self.refused.bad_credentials.fetch_add(1, Ordering::Relaxed);
             let backoff = self.auth.failed(&identity);
             tracing::info!(client = %identity, ?backoff, "bearer token refused");
             Err(None)
@@ -242,6 +261,7 @@ pub async fn limit_rate(
 ) -> Response {
     if let Some(ip) = client_ip(&req) {
         if let Err(wait) = guard.rate.check(ip) {
+            guard.refused.rate_limited.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%ip, ?wait, "request rate limit");
             return too_many(wait, "too many requests from this address");
         }
