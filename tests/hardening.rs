@@ -117,7 +117,10 @@ async fn wrong_admin_tokens_start_a_backoff_that_even_the_right_token_waits_out(
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    assert_eq!(retry_after(&r), 2);
+    assert!(
+        (1..=2).contains(&retry_after(&r)),
+        "the 1.5 s backoff, rounded up"
+    );
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let r = http
         .get(node.admin("/v1/components"))
@@ -329,7 +332,10 @@ async fn password_guessing_on_dm_backs_off_per_device_and_the_device_then_recove
             .unwrap();
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
-            assert_eq!(retry_after(&r), 2);
+            assert!(
+                (1..=2).contains(&retry_after(&r)),
+                "the 1.5 s backoff, rounded up"
+            );
         }
     }
     // Two free failures answered in SyncML (401 inside a 200), the third starts the backoff,
