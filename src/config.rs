@@ -253,6 +253,10 @@ pub struct AdsConfig {
     /// Tickets kept in memory (about 2 KiB each, so the default bounds them near 200 MiB);
     /// older ones are reloaded from SQLite when used.
     pub ticket_cache_entries: u64,
+    /// Download listeners expect a PROXY protocol header (v1/v2) on every connection, from an
+    /// L4 load balancer in front: per-IP limits then see devices, not the balancer.
+    /// Connections without one are closed, so enable it only behind such a balancer.
+    pub proxy_protocol: bool,
     /// Free bytes an upload must leave on the data file system; uploads that would eat into
     /// it are refused with 507 (0 = only the kernel's ENOSPC stops them).
     pub keep_free_bytes: u64,
@@ -306,6 +310,7 @@ impl Default for AdsConfig {
             node_name: None,
             callback_ca_certs: Vec::new(),
             keep_free_bytes: 64 << 20,
+            proxy_protocol: false,
             ticket_cache_entries: 100_000,
             max_request_head_bytes: 8192,
             max_request_headers: 64,

@@ -699,3 +699,92 @@ async fn oversized_request_heads_get_431_and_the_cap_is_configurable() {
         .unwrap();
     assert_eq!(r.status(), 200, "a 16 KiB cap admits a 9 KiB header");
 }
+
+/// A TLS connection to `addr` that first sends `header` (a PROXY protocol header, as a load
+/// balancer would); `None` when the node closes it instead of completing the handshake.
+async fn tls_after_header(
+    addr: std::net::SocketAddr,
+    header: &[u8],
+    ca: &std::path::Path,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = scomo_ads::net::tls::client_config_trusting(ca).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await.ok()
+}
+
+fn proxy_v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x20 | command);
+    h.push(family);
+    h.extend((addresses.len() as u16).to_be_bytes());
+    h.extend(addresses);
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_the_proxy_header_names_the_client_for_per_ip_limits() {
+    let node = start_with(|c| {
+        c.proxy_protocol = true;
+        c.max_connections_per_ip = 1;
+    })
+    .await;
+    let to = node.handle.download_addr;
+    let ca = node.cert();
+    let v1 = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 40000 443\r\n").into_bytes();
+    // The first device behind the balancer: served.
+    let mut a = tls_after_header(to, &v1("203.0.113.7"), &ca)
+        .await
+        .expect("v1 header accepted");
+    assert_eq!(status_on(&mut a).await, 404);
+    // The same device again: over its share of one, although the TCP peer is the same
+    // balancer address for everyone.
+    assert!(tls_after_header(to, &v1("203.0.113.7"), &ca)
+        .await
+        .is_none());
+    // Another device through the same balancer: served.
+    let mut c = tls_after_header(to, &v1("198.51.100.9"), &ca)
+        .await
+        .expect("another client");
+    assert_eq!(status_on(&mut c).await, 404);
+    // v2 (binary), IPv6 client.
+    let mut addrs = Vec::new();
+    addrs.extend(
+        "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    addrs.extend(std::net::Ipv6Addr::LOCALHOST.octets());
+    addrs.extend(40000u16.to_be_bytes());
+    addrs.extend(443u16.to_be_bytes());
+    let mut d = tls_after_header(to, &proxy_v2(1, 0x21, &addrs), &ca)
+        .await
+        .expect("v2 header accepted");
+    assert_eq!(status_on(&mut d).await, 404);
+    // The balancer's own health check (v2 LOCAL): the TCP peer stands, and it is served.
+    let mut e = tls_after_header(to, &proxy_v2(0, 0x00, &[]), &ca)
+        .await
+        .expect("LOCAL accepted");
+    assert_eq!(status_on(&mut e).await, 404);
+    // A connection without a header (something bypassing the balancer) is closed.
+    assert!(tls_after_header(to, b"", &ca).await.is_none());
+    assert!(tls_after_header(to, b"GARBAGE\r\n", &ca).await.is_none());
+    // The earlier connections are all still up.
+    assert_eq!(status_on(&mut a).await, 404);
+    let metrics = client(&node.cert())
+        .get(node.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("scomo_ads_connections_refused_per_ip_total 1"),
+        "{metrics}"
+    );
+}

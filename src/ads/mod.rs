@@ -228,6 +228,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         max_connections_per_ip: config.max_connections_per_ip,
         send_buffer_bytes: config.send_buffer_bytes,
+        proxy_protocol: config.proxy_protocol,
         max_head_bytes: config.max_request_head_bytes,
         max_headers: config.max_request_headers,
         tag_peer: false,
@@ -286,6 +287,8 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
             tag_peer: true,
             // Uploads stream through this buffer: larger reads, fewer syscalls.
             max_head_bytes: ADMIN_READ_BUFFER,
+            // The DMS and operators reach the admin API directly, not through the balancer.
+            proxy_protocol: false,
             ..policy
         },
         metrics.admin_connections.clone(),

@@ -180,6 +180,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         shutdown_grace: Duration::from_secs(10),
         max_connections_per_ip: config.max_connections_per_ip,
         send_buffer_bytes: 0,
+        proxy_protocol: false,
         max_head_bytes: 64 * 1024,
         max_headers: 100,
         tag_peer: true,

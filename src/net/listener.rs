@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::proxy_header;
 use super::timed_io::TimedIo;
 
 /// Per-listener connection policy.
@@ -47,6 +48,9 @@ pub struct ConnectionPolicy {
     pub max_head_bytes: usize,
     /// Most header fields in one request; more gets 431.
     pub max_headers: usize,
+    /// Each connection starts with a PROXY protocol header (v1 or v2) from a load balancer;
+    /// its client address replaces the TCP peer. Connections without one are closed.
+    pub proxy_protocol: bool,
     /// Record the peer address in each request's extensions (as axum's `ConnectInfo`), for
     /// the per-IP request limits of command endpoints. Off on the download plane, where it
     /// would cost an allocation per request and nothing reads it.
@@ -159,7 +163,9 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        let ip_slot = if policy.max_connections_per_ip > 0 {
+        // Behind a balancer the TCP peer is the balancer: the per-IP check waits for the
+        // PROXY header, inside the connection's task.
+        let ip_slot = if policy.max_connections_per_ip > 0 && !policy.proxy_protocol {
             match per_ip.enter(peer.ip(), policy.max_connections_per_ip) {
                 Some(slot) => Some(slot),
                 None => {
@@ -179,17 +185,49 @@ pub async fn serve<S, B>(
         gauge.open.fetch_add(1, Ordering::Relaxed);
         let gauge = gauge.clone();
         let builder = builder.clone();
-        let service = Tagged {
-            inner: service.clone(),
-            peer: policy.tag_peer.then_some(peer),
-        };
+        let service = service.clone();
+        let per_ip = per_ip.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let policy = policy.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenGuard(gauge.clone());
+            let (mut stream, mut peer, mut ip_slot) = (stream, peer, ip_slot);
+            if policy.proxy_protocol {
+                let header = tokio::time::timeout(
+                    policy.handshake_timeout,
+                    proxy_header::read_client(&mut stream),
+                )
+                .await;
+                match header {
+                    Ok(Ok(Some(client))) => peer = client,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "PROXY header refused; closing");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "no PROXY header in time; closing");
+                        return;
+                    }
+                }
+                if policy.max_connections_per_ip > 0 {
+                    match per_ip.enter(peer.ip(), policy.max_connections_per_ip) {
+                        Some(slot) => ip_slot = Some(slot),
+                        None => {
+                            gauge.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "per-IP connection limit; closing");
+                            return;
+                        }
+                    }
+                }
+            }
             let _ip_slot = ip_slot;
-            let _open = OpenGuard(gauge);
+            let service = Tagged {
+                inner: service,
+                peer: policy.tag_peer.then_some(peer),
+            };
             match tls {
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(

@@ -4,5 +4,6 @@
 
 pub mod guard;
 pub mod listener;
+pub mod proxy_header;
 pub mod timed_io;
 pub mod tls;
