@@ -154,6 +154,9 @@ impl Writer {
     }
 }
 
+/// The free space an upload leaves by default (ADS `keep_free_bytes`, and the DMS catalog).
+pub const DEFAULT_KEEP_FREE_BYTES: u64 = 64 << 20;
+
 /// How much an upload may take.
 #[derive(Clone, Copy, Debug)]
 pub struct UploadLimits {

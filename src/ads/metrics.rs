@@ -110,7 +110,7 @@ impl Metrics {
             ),
             (
                 "scomo_ads_connections_refused_per_ip_total",
-                "Connections closed at accept because their client IP held its share (all listeners).",
+                "Connections closed on arrival because their client IP held its share (all listeners).",
                 r(&self.download_connections.refused_per_ip)
                     + r(&self.admin_connections.refused_per_ip),
             ),

@@ -300,7 +300,7 @@ async fn add_component(
         declared,
         content::UploadLimits {
             max_bytes: state.max_component_bytes,
-            keep_free_bytes: 64 << 20,
+            keep_free_bytes: content::DEFAULT_KEEP_FREE_BYTES,
         },
         body.into_data_stream(),
     )

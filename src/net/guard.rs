@@ -171,9 +171,12 @@ impl AuthThrottle {
         Some(wait)
     }
 
-    /// Forgets an identity's failures after it authenticated.
+    /// Forgets an identity's failures after it authenticated (nothing to do, the common
+    /// case, when it had none).
     pub fn succeeded(&self, identity: &str) {
-        self.identities.invalidate(identity);
+        if self.identities.contains_key(identity) {
+            self.identities.invalidate(identity);
+        }
     }
 }
 
@@ -205,9 +208,7 @@ impl EndpointGuard {
             refused: GuardCounters::default(),
         })
     }
-}
 
-impl EndpointGuard {
     /// Checks a bearer token under the failed-auth backoff of the client's address:
     /// `Err(None)` for a wrong or missing token, `Err(Some(wait))` while backing off (the token
     /// is then not even compared).
@@ -242,13 +243,17 @@ pub fn client_ip(req: &Request) -> Option<IpAddr> {
         .map(|ConnectInfo(a)| a.ip())
 }
 
-/// `429 Too Many Requests` with `Retry-After` in whole seconds (at least 1).
+/// `429 Too Many Requests` with `Retry-After` in whole seconds (at least 1), and the JSON
+/// error body the admin and EMI APIs use everywhere else.
 pub fn too_many(wait: Duration, what: &str) -> Response {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     (
         http::StatusCode::TOO_MANY_REQUESTS,
-        [(http::header::RETRY_AFTER, secs.max(1).to_string())],
-        format!("{what}; retry after {} s\n", secs.max(1)),
+        [(http::header::RETRY_AFTER, secs.to_string())],
+        axum::Json(serde_json::json!({
+            "error": format!("{what}; retry after {secs} s"),
+            "code": "too_many_requests",
+        })),
     )
         .into_response()
 }

@@ -1,6 +1,7 @@
 //! The accept loop every listener shares: a cap on concurrent connections (in all and per
-//! client IP), SO_SNDBUF and head-size limits, a TLS handshake timeout, hyper-util's auto (HTTP/1.1 + HTTP/2) connection with a header-read timeout, the
-//! progress-based idle timeout of [`TimedIo`], and graceful shutdown that lets in-flight
+//! client IP, the client optionally named by a PROXY header), SO_SNDBUF and head-size limits,
+//! a TLS handshake timeout, hyper-util's auto (HTTP/1.1 + HTTP/2) connection with a
+//! header-read timeout, the progress-based idle timeout of [`TimedIo`], and graceful shutdown that lets in-flight
 //! responses finish.
 
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ pub struct ConnectionPolicy {
 pub struct ConnectionGauge {
     pub open: AtomicU64,
     pub accepted: AtomicU64,
-    /// Connections closed at accept because their IP already held its share.
+    /// Connections closed on arrival because their client IP already held its share.
     pub refused_per_ip: AtomicU64,
 }
 
@@ -163,20 +164,6 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        // Behind a balancer the TCP peer is the balancer: the per-IP check waits for the
-        // PROXY header, inside the connection's task.
-        let ip_slot = if policy.max_connections_per_ip > 0 && !policy.proxy_protocol {
-            match per_ip.enter(peer.ip(), policy.max_connections_per_ip) {
-                Some(slot) => Some(slot),
-                None => {
-                    gauge.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "per-IP connection limit; closing");
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
         let _ = stream.set_nodelay(true);
         if policy.send_buffer_bytes > 0 {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(policy.send_buffer_bytes);
@@ -193,7 +180,8 @@ pub async fn serve<S, B>(
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenGuard(gauge.clone());
-            let (mut stream, mut peer, mut ip_slot) = (stream, peer, ip_slot);
+            let (mut stream, mut peer) = (stream, peer);
+            // Behind a balancer the TCP peer is the balancer: the client is in the header.
             if policy.proxy_protocol {
                 let header = tokio::time::timeout(
                     policy.handshake_timeout,
@@ -212,18 +200,19 @@ pub async fn serve<S, B>(
                         return;
                     }
                 }
-                if policy.max_connections_per_ip > 0 {
-                    match per_ip.enter(peer.ip(), policy.max_connections_per_ip) {
-                        Some(slot) => ip_slot = Some(slot),
-                        None => {
-                            gauge.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "per-IP connection limit; closing");
-                            return;
-                        }
+            }
+            let _ip_slot = if policy.max_connections_per_ip > 0 {
+                match per_ip.enter(peer.ip(), policy.max_connections_per_ip) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        gauge.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "per-IP connection limit; closing");
+                        return;
                     }
                 }
-            }
-            let _ip_slot = ip_slot;
+            } else {
+                None
+            };
             let service = Tagged {
                 inner: service,
                 peer: policy.tag_peer.then_some(peer),

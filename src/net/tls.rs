@@ -58,26 +58,43 @@ impl TlsIdentity {
     /// A server config presenting the same (reloadable) certificate that also requires a
     /// client certificate issued by a CA in `ca_pem`.
     pub fn requiring_clients_of(&self, ca_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-        let bad = |reason: String| TlsError::ClientCa {
-            path: ca_pem.to_path_buf(),
-            reason,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|e| bad(e.to_string()))? {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
+        let roots = read_roots(ca_pem)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| bad(e.to_string()))?;
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(self.cert.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+            .map_err(|e| TlsError::ClientCa {
+                path: ca_pem.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        server_config(self.cert.clone(), verifier)
     }
+}
+
+/// The one server configuration shape: TLS 1.3 and 1.2 with ring's suites (all AEAD:
+/// AES-GCM, ChaCha20-Poly1305; no CBC, no RC4), ALPN h2 then http/1.1, the reloadable
+/// certificate, and the given client authentication.
+fn server_config(
+    cert: Arc<ReloadingCert>,
+    clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(clients)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in the PEM file `path`, as trust roots.
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let read_err = |source| TlsError::ReadCert {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(read_err)? {
+        roots.add(cert.map_err(read_err)?)?;
+    }
+    Ok(roots)
 }
 
 /// A certificate and key read from files, swapped in place by [`ReloadingCert::reload`].
@@ -203,14 +220,8 @@ pub fn load_or_generate(
         _ => return Err(TlsError::HalfConfigured),
     };
     let cert = Arc::new(ReloadingCert::load(&cert_path, &key_path)?);
-    // ring's default suites are all AEAD (AES-GCM, ChaCha20-Poly1305); no CBC, no RC4.
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(cert.clone());
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsIdentity {
-        config: Arc::new(config),
+        config: server_config(cert.clone(), WebPkiClientVerifier::no_client_auth())?,
         cert_path,
         cert,
     })
@@ -238,19 +249,8 @@ fn generate_if_missing(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> 
 /// A rustls client configuration trusting exactly the certificates in `ca_pem` (used by the CLI
 /// and tests to talk to a node with a generated certificate).
 pub fn client_config_trusting(ca_pem: &Path) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|source| TlsError::ReadCert {
-        path: ca_pem.to_path_buf(),
-        source,
-    })? {
-        let cert = cert.map_err(|source| TlsError::ReadCert {
-            path: ca_pem.to_path_buf(),
-            source,
-        })?;
-        roots.add(cert)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let roots = read_roots(ca_pem)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_no_client_auth();
