@@ -195,16 +195,7 @@ async fn upload_cut_off_midway_publishes_nothing() {
         "temp file left behind"
     );
     assert_eq!(objects_in(node.dir.path()), 0);
-    let list: serde_json::Value = client(&node.cert())
-        .get(node.admin("/v1/components"))
-        .bearer_auth(node.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(list["components"].as_array().unwrap().is_empty());
+    assert!(node.components().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

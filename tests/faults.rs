@@ -36,21 +36,6 @@ async fn upload(node: &Node, bytes: Vec<u8>, name: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn listed(node: &Node) -> usize {
-    let v: serde_json::Value = client(&node.cert())
-        .get(node.admin("/v1/components"))
-        .bearer_auth(node.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v.as_array()
-        .or_else(|| v["components"].as_array())
-        .map_or(0, Vec::len)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_would_eat_the_free_space_reserve_gets_507_and_publishes_nothing() {
     // A reserve larger than any disk: every upload would break it.
@@ -63,7 +48,7 @@ async fn an_upload_that_would_eat_the_free_space_reserve_gets_507_and_publishes_
         .as_str()
         .unwrap()
         .contains("nothing was published"));
-    assert_eq!(listed(&node).await, 0);
+    assert_eq!(node.components().await.len(), 0);
     assert_eq!(files_under(&node.dir.path().join("objects")), 0);
     assert_eq!(files_under(&node.dir.path().join("tmp")), 0);
 }
@@ -212,7 +197,7 @@ async fn a_database_locked_by_another_process_gets_503_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r = upload(&node, bytes, "fw").await;
     assert_eq!(r.status(), 201);
-    assert_eq!(listed(&node).await, 1);
+    assert_eq!(node.components().await.len(), 1);
 }
 
 /// How one device's download ended.

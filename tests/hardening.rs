@@ -14,23 +14,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// One counter from the node's `/metrics`.
-async fn metric(node: &Node, name: &str) -> u64 {
-    let text = client(&node.cert())
-        .get(node.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        .parse()
-        .unwrap()
-}
-
 fn retry_after(r: &reqwest::Response) -> u64 {
     r.headers()
         .get("retry-after")
@@ -55,12 +38,7 @@ async fn the_admin_api_answers_429_with_retry_after_over_the_request_rate() {
     let mut codes = Vec::new();
     let mut waits = Vec::new();
     for _ in 0..12 {
-        let r = http
-            .get(node.admin("/v1/components"))
-            .bearer_auth(node.token())
-            .send()
-            .await
-            .unwrap();
+        let r = node.admin_get("/v1/components", node.token()).await;
         if r.status() == 429 {
             waits.push(retry_after(&r));
         }
@@ -70,7 +48,7 @@ async fn the_admin_api_answers_429_with_retry_after_over_the_request_rate() {
     assert!(codes[5..].contains(&429), "{codes:?}");
     assert!(waits.iter().all(|w| (1..=2).contains(w)), "{waits:?}");
     assert_eq!(
-        metric(&node, "scomo_ads_admin_rate_limited_total").await,
+        node.metric("scomo_ads_admin_rate_limited_total").await,
         waits.len() as u64,
         "every 429 counted"
     );
@@ -81,12 +59,7 @@ async fn the_admin_api_answers_429_with_retry_after_over_the_request_rate() {
     }
     // The budget refills.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = http
-        .get(node.admin("/v1/components"))
-        .bearer_auth(node.token())
-        .send()
-        .await
-        .unwrap();
+    let r = node.admin_get("/v1/components", node.token()).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -110,30 +83,20 @@ async fn wrong_admin_tokens_start_a_backoff_that_even_the_right_token_waits_out(
         assert_eq!(get("guess").await.unwrap().status(), 401);
     }
     // The third failure started a 1.5 s backoff: the real token is not even looked at.
-    let r = http
-        .get(node.admin("/v1/components"))
-        .bearer_auth(node.token())
-        .send()
-        .await
-        .unwrap();
+    let r = node.admin_get("/v1/components", node.token()).await;
     assert_eq!(r.status(), 429);
     assert!(
         (1..=2).contains(&retry_after(&r)),
         "the 1.5 s backoff, rounded up"
     );
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let r = http
-        .get(node.admin("/v1/components"))
-        .bearer_auth(node.token())
-        .send()
-        .await
-        .unwrap();
+    let r = node.admin_get("/v1/components", node.token()).await;
     assert_eq!(r.status(), 200, "after the backoff the right token works");
     assert_eq!(
-        metric(&node, "scomo_ads_admin_bad_credentials_total").await,
+        node.metric("scomo_ads_admin_bad_credentials_total").await,
         3
     );
-    assert_eq!(metric(&node, "scomo_ads_admin_auth_backoff_total").await, 1);
+    assert_eq!(node.metric("scomo_ads_admin_auth_backoff_total").await, 1);
     // Success forgets the failures: two more guesses are free again.
     for _ in 0..2 {
         assert_eq!(get("guess").await.unwrap().status(), 401);
@@ -169,17 +132,10 @@ async fn one_client_ip_cannot_hold_more_than_its_share_of_connections() {
     // Another client address is unaffected.
     let (closed, _other) = closed_at_accept(to, [127, 0, 0, 2]).await;
     assert!(!closed, "127.0.0.2 has its own share");
-    let metrics = client(&node.cert())
-        .get(node.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("scomo_ads_connections_refused_per_ip_total 1"),
-        "{metrics}"
+    assert_eq!(
+        node.metric("scomo_ads_connections_refused_per_ip_total")
+            .await,
+        1
     );
     // Closing one frees its slot.
     drop(held.pop());
@@ -775,16 +731,9 @@ async fn behind_a_balancer_the_proxy_header_names_the_client_for_per_ip_limits()
     assert!(tls_after_header(to, b"GARBAGE\r\n", &ca).await.is_none());
     // The earlier connections are all still up.
     assert_eq!(status_on(&mut a).await, 404);
-    let metrics = client(&node.cert())
-        .get(node.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("scomo_ads_connections_refused_per_ip_total 1"),
-        "{metrics}"
+    assert_eq!(
+        node.metric("scomo_ads_connections_refused_per_ip_total")
+            .await,
+        1
     );
 }

@@ -459,21 +459,7 @@ async fn the_ticket_cache_is_bounded_and_evicted_tickets_still_work_once() {
                 .url,
         );
     }
-    let cached = || async {
-        let m = client(&node.cert())
-            .get(node.admin("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        m.lines()
-            .find_map(|l| l.strip_prefix("scomo_ads_tickets_cached "))
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let cached = || node.metric("scomo_ads_tickets_cached");
     assert!(cached().await <= 3, "12 minted, at most 3 kept");
     let c = client(&node.cert());
     for url in &urls {

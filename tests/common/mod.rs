@@ -116,6 +116,37 @@ impl Node {
         resp.json().await.unwrap()
     }
 
+    /// GET an admin API path with `token` as the bearer.
+    pub async fn admin_get(&self, path: &str, token: &str) -> reqwest::Response {
+        client(&self.cert())
+            .get(self.admin(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The published components, as the admin API lists them.
+    pub async fn components(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self
+            .admin_get("/v1/components", self.token())
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["components"].as_array().unwrap().clone()
+    }
+
+    /// One unlabelled counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.admin_get("/metrics", "").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .parse()
+            .unwrap()
+    }
+
     /// A ticket's admin view.
     pub async fn ticket(&self, id: &str) -> serde_json::Value {
         client(&self.cert())
