@@ -209,10 +209,12 @@ pub struct AdsConfig {
     pub max_ranges: usize,
     /// Concurrent connections per listener; beyond it new ones wait in the accept backlog.
     pub max_connections: usize,
-    /// The request head must arrive within this many seconds.
+    /// The request head must arrive within this many seconds of the connection starting to
+    /// wait for it (the previous response's end, or the first byte after a quiet spell).
     pub header_read_timeout_secs: u64,
     /// A connection with no byte moving either way for this long is closed (idle keep-alive,
     /// or a reader that stopped reading). Progress resets it: slow devices are never cut off.
+    /// Idle HTTP/1.1 keep-alive connections wait this long, parked (`net::parking`).
     pub idle_timeout_secs: u64,
     /// TLS handshakes must finish within this many seconds.
     pub handshake_timeout_secs: u64,

@@ -282,3 +282,171 @@ async fn a_one_gib_sparse_component_streams_with_flat_memory() {
     // 16 MiB cache budget + runtime + TLS buffers: far below the object's 1 GiB.
     assert!(peak < 160 * 1024, "peak RSS {peak} KiB for a 1 GiB object");
 }
+
+/// The path part of a download URL (`/d/...`).
+fn path_of(url: &str) -> String {
+    let after_host = url.split_once("127.0.0.1").unwrap().1;
+    after_host[after_host.find('/').unwrap()..].to_string()
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns (head, body).
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, Vec<u8>) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while raw.len() < end + 4 + len {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed mid-body");
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let body = raw[end + 4..end + 4 + len].to_vec();
+            raw.drain(..end + 4 + len);
+            assert!(raw.is_empty(), "bytes beyond one response");
+            return (head, body);
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a response");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+const PARKED: &str = "scomo_ads_parked_connections{listener=\"download\"}";
+
+/// Polls the parked-connections gauge until it reads `want`; false if it never does in 5 s.
+async fn parked_becomes(node: &Node, want: u64) -> bool {
+    for _ in 0..50 {
+        if node.metric(PARKED).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_keep_alive_connection_is_parked_and_serves_what_comes_next() {
+    let node = start().await;
+    let data = pattern(1024, 11);
+    let meta = node.publish(data.clone(), "small", "1").await;
+    let path = path_of(&node.mint(&meta.id, 600).await.url);
+    let get = format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    s.write_all(get.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body == data);
+    assert!(
+        parked_becomes(&node, 1).await,
+        "quiet connection never parked"
+    );
+
+    // A request whose head arrives in two pieces wakes it: the first piece starts a fresh
+    // HTTP connection, the second completes the head.
+    let (first, second) = get.split_at(10);
+    s.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(second.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"));
+    assert!(body == data);
+    assert!(parked_becomes(&node, 1).await, "not parked again");
+
+    // Two pipelined requests in one write: both answered, in order, on the same connection.
+    let range = format!("GET {path} HTTP/1.1\r\nhost: a\r\nrange: bytes=0-9\r\n\r\n");
+    s.write_all(format!("{range}{get}").as_bytes())
+        .await
+        .unwrap();
+    let mut both = Vec::new();
+    let read_both = async {
+        // The 200's body, the whole object, is the last thing on the wire.
+        while !both.ends_with(&data) {
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed while pipelining");
+            both.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_both)
+        .await
+        .expect("pipelined responses");
+    let text = String::from_utf8_lossy(&both);
+    let first_status = text.find("HTTP/1.1 206").expect("no 206");
+    let second_status = text.find("HTTP/1.1 200").expect("no 200");
+    assert!(first_status < second_status);
+    assert!(both.ends_with(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_still_gets_the_head_timeout() {
+    let node = start_with(|c| {
+        c.header_read_timeout_secs = 1;
+        c.idle_timeout_secs = 30;
+    })
+    .await;
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    assert!(
+        parked_becomes(&node, 1).await,
+        "a connection with no request was not parked"
+    );
+    // Parked well past the head timeout: that alone closes nothing (idle timeout is 30 s)...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ...but a head that starts and never finishes is cut off within the head timeout.
+    s.write_all(b"GET /d/x HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut s, 5).await,
+        "slowloris kept open after parking"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(800));
+    assert!(parked_becomes(&node, 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sent_a_body_is_never_parked() {
+    let node = start().await;
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    // hyper may still be draining a request body when the response is done; such a
+    // connection stays with hyper rather than risk reading the rest as a new request.
+    s.write_all(b"POST /healthz HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 4"), "{head}");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(node.metric(PARKED).await, 0, "parked after a body");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_parked_connections_without_waiting_for_the_grace_period() {
+    let node = start_with(|c| c.shutdown_grace_secs = 30).await;
+    let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+        .await
+        .unwrap();
+    assert!(parked_becomes(&node, 1).await);
+    node.shutdown.cancel();
+    assert!(
+        closed_within(&mut s, 5).await,
+        "a parked connection held shutdown up"
+    );
+}

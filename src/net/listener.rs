@@ -1,8 +1,8 @@
 //! The accept loop every listener shares: a cap on concurrent connections (in all and per
 //! client IP, the client optionally named by a PROXY header), SO_SNDBUF and head-size limits,
-//! a TLS handshake timeout, hyper-util's auto (HTTP/1.1 + HTTP/2) connection with a
-//! header-read timeout, the progress-based idle timeout of [`TimedIo`], and graceful shutdown that lets in-flight
-//! responses finish.
+//! a TLS handshake timeout, hyper with a header-read timeout (HTTP/1.1 over TLS through
+//! [`parking`], HTTP/2 and plain HTTP through hyper-util's auto builder), the progress-based
+//! idle timeout of [`TimedIo`], and graceful shutdown that lets in-flight responses finish.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::parking::{self, Activity, Tracked};
 use super::proxy_header;
 use super::timed_io::TimedIo;
 
@@ -65,6 +66,8 @@ pub struct ConnectionGauge {
     pub accepted: AtomicU64,
     /// Connections closed on arrival because their client IP already held its share.
     pub refused_per_ip: AtomicU64,
+    /// Open connections parked between requests (see [`parking`]).
+    pub parked: AtomicU64,
 }
 
 /// Open connections per client IP. A std mutex: held for one map update, never across an await.
@@ -119,6 +122,7 @@ pub async fn serve<S, B>(
         + Clone
         + Send
         + Sync
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Send + 'static,
@@ -140,7 +144,17 @@ pub async fn serve<S, B>(
         .keep_alive_interval(Some(policy.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    // HTTP/1.1 over TLS is served directly by hyper's http1 connection, configured as the
+    // auto builder's, so that idle keep-alive connections can be parked (see `parking`).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(policy.header_read_timeout)
+        .max_headers(policy.max_headers)
+        .max_buf_size(policy.max_head_bytes.max(8192));
+    let http1 = Arc::new(http1);
     let slots = Arc::new(Semaphore::new(policy.max_connections));
+    let policy = Arc::new(policy);
     let per_ip = Arc::new(PerIp::default());
     let graceful = GracefulShutdown::new();
 
@@ -172,21 +186,23 @@ pub async fn serve<S, B>(
         gauge.open.fetch_add(1, Ordering::Relaxed);
         let gauge = gauge.clone();
         let builder = builder.clone();
+        let http1 = http1.clone();
+        let shutdown = shutdown.clone();
         let service = service.clone();
         let per_ip = per_ip.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let policy = policy.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let _permit = permit;
             let _open = OpenGuard(gauge.clone());
             let (mut stream, mut peer) = (stream, peer);
             // Behind a balancer the TCP peer is the balancer: the client is in the header.
             if policy.proxy_protocol {
-                let header = tokio::time::timeout(
+                let header = Box::pin(tokio::time::timeout(
                     policy.handshake_timeout,
                     proxy_header::read_client(&mut stream),
-                )
+                ))
                 .await;
                 match header {
                     Ok(Ok(Some(client))) => peer = client,
@@ -213,19 +229,23 @@ pub async fn serve<S, B>(
             } else {
                 None
             };
+            let activity = Arc::new(Activity::default());
             let service = Tagged {
                 inner: service,
                 peer: policy.tag_peer.then_some(peer),
+                activity: Some(activity.clone()),
             };
-            match tls {
+            // Every state this task awaits in sizes every connection's task for its whole
+            // life, parked or not: the large ones (the handshake, hyper's connections, the
+            // TLS stream) are boxed, and no local holding one lives across an await.
+            let served = match tls {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
+                    let handshake = Box::pin(tokio::time::timeout(
                         policy.handshake_timeout,
                         acceptor.accept(TimedIo::new(stream, policy.idle_timeout)),
-                    )
-                    .await;
-                    let tls_stream = match handshake {
-                        Ok(Ok(s)) => s,
+                    ));
+                    let tls_stream = match handshake.await {
+                        Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -235,22 +255,31 @@ pub async fn serve<S, B>(
                             return;
                         }
                     };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls_stream), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let io = TokioIo::new(*tls_stream);
+                        Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned()))
+                            .await
+                    } else {
+                        // Counted by the graceful drain until this task ends.
+                        let _watcher = watcher;
+                        parking::serve_http1(
+                            tls_stream, &http1, service, activity, &gauge, &shutdown,
+                        )
+                        .await
+                        .map_err(Into::into)
                     }
                 }
                 None => {
                     let io = TokioIo::new(TimedIo::new(stream, policy.idle_timeout));
-                    let conn = builder.serve_connection(io, service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned()))
+                        .await
                 }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
+        };
+        tokio::spawn(task);
     }
     drop(listener);
     if tokio::time::timeout(policy.shutdown_grace, graceful.shutdown())
@@ -261,11 +290,13 @@ pub async fn serve<S, B>(
     }
 }
 
-/// The service with the peer address added to each request when the policy asks for it.
+/// The service with the peer address added to each request when the policy asks for it, and
+/// each request recorded in the connection's [`Activity`] (what parking needs to know).
 #[derive(Clone)]
 struct Tagged<S> {
     inner: S,
     peer: Option<SocketAddr>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tagged<S>
@@ -274,14 +305,18 @@ where
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Tracked<S::Future>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         if let Some(peer) = self.peer {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
         }
-        self.inner.call(req)
+        let mark = self.activity.as_ref().map(|a| {
+            let has_body = !http_body::Body::is_end_stream(req.body());
+            a.request_started(has_body)
+        });
+        Tracked::new(self.inner.call(req), mark)
     }
 }
 

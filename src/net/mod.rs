@@ -4,6 +4,7 @@
 
 pub mod guard;
 pub mod listener;
+pub mod parking;
 pub mod proxy_header;
 pub mod timed_io;
 pub mod tls;

@@ -35,6 +35,15 @@ impl<T> TimedIo<T> {
         }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// When the connection will have gone `limit` without progress.
+    pub fn idle_deadline(&self) -> Instant {
+        self.last_progress + self.limit
+    }
+
     fn progressed(&mut self) {
         self.last_progress = Instant::now();
     }
