@@ -207,26 +207,7 @@ compare "single 100 MiB HTTPS stream (curl)" "MiB/s" curl_ours curl_ng
 # 10 000 idle keep-alive TLS connections: what they cost in RSS.
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 nginx_rss() { local t=0; for p in $(pgrep -f "nginx: worker process" ; pgrep -f "nginx -c $WORK"); do t=$((t + $(rss_kib $p))); done; echo $t; }
-idle() {
-  python3 - "$1" "$2" "$CA" "$3" <<'PY'
-import asyncio, ssl, sys
-host, port, ca, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-ctx = ssl.create_default_context(cafile=ca); ctx.check_hostname = False
-conns = []
-async def one(sem):
-    async with sem:
-        r, w = await asyncio.open_connection(host, port, ssl=ctx)
-        w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()); await w.drain()
-        await r.readuntil(b"\r\n\r\n")
-        conns.append((r, w))
-async def main():
-    sem = asyncio.Semaphore(200)
-    await asyncio.gather(*[one(sem) for _ in range(10000)], return_exceptions=True)
-    print(len(conns), flush=True)
-    await asyncio.sleep(6)
-asyncio.run(main())
-PY
-}
+idle() { python3 bench/idle_conns.py "$1" "$2" "$CA" "$3" 10000 6; }
 # Measured once every connection is open (the script prints the count then) and has been
 # idle for 3 s: what an edge node holding quiet devices pays, not a snapshot mid-ramp.
 settled() { for _ in $(seq 600); do [ -s "$1" ] && break; sleep 0.2; done; sleep 3; }
