@@ -293,6 +293,12 @@ async fn wait_for_next_request(
     gauge: &ConnectionGauge,
     shutdown: &CancellationToken,
 ) -> bool {
+    // Decrypted bytes (or a close_notify) already inside rustls would never make the socket
+    // readable again: hand them to hyper at once. (hyper reads until it would block before
+    // it goes idle, so this is a guard, not a path we expect.)
+    if !io.inner.get_ref().1.wants_read() {
+        return true;
+    }
     tracing::trace!("keep-alive connection parked");
     let timed = io.inner.get_ref().0;
     let deadline = timed.idle_deadline();
