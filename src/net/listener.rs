@@ -193,7 +193,7 @@ pub async fn serve<S, B>(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let policy = policy.clone();
-        let task = async move {
+        tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenGuard(gauge.clone());
             let (mut stream, mut peer) = (stream, peer);
@@ -229,11 +229,10 @@ pub async fn serve<S, B>(
             } else {
                 None
             };
-            let activity = Arc::new(Activity::default());
-            let service = Tagged {
+            let mut service = Tagged {
                 inner: service,
                 peer: policy.tag_peer.then_some(peer),
-                activity: Some(activity.clone()),
+                activity: None,
             };
             // Every state this task awaits in sizes every connection's task for its whole
             // life, parked or not: the large ones (the handshake, hyper's connections, the
@@ -262,6 +261,10 @@ pub async fn serve<S, B>(
                     } else {
                         // Counted by the graceful drain until this task ends.
                         let _watcher = watcher;
+                        // Only parking reads the activity: HTTP/2 and plain connections do
+                        // not pay for recording it on every request.
+                        let activity = Arc::new(Activity::default());
+                        service.activity = Some(activity.clone());
                         parking::serve_http1(
                             tls_stream, &http1, service, activity, &gauge, &shutdown,
                         )
@@ -278,8 +281,7 @@ pub async fn serve<S, B>(
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        };
-        tokio::spawn(task);
+        });
     }
     drop(listener);
     if tokio::time::timeout(policy.shutdown_grace, graceful.shutdown())
@@ -291,7 +293,7 @@ pub async fn serve<S, B>(
 }
 
 /// The service with the peer address added to each request when the policy asks for it, and
-/// each request recorded in the connection's [`Activity`] (what parking needs to know).
+/// each request recorded in the connection's [`Activity`] when it is served through parking.
 #[derive(Clone)]
 struct Tagged<S> {
     inner: S,
