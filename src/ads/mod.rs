@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use self::cache::ChunkCache;
@@ -139,9 +138,9 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     let keyring = load_keyring(&dir)?;
     let identity =
         tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
-    let acceptor = TlsAcceptor::from(identity.config.clone());
+    let acceptor = identity.config.clone();
     let admin_acceptor = match &config.admin_client_ca {
-        Some(ca) => TlsAcceptor::from(identity.requiring_clients_of(ca)?),
+        Some(ca) => identity.requiring_clients_of(ca)?,
         None => acceptor.clone(),
     };
     let store = Store::open(&dir)?;

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DmsConfig;
@@ -109,7 +108,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     let signer = webhook::sign::Signer::from_secrets(&emi_secret)?;
     let identity =
         tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
-    let acceptor = TlsAcceptor::from(identity.config.clone());
+    let acceptor = identity.config.clone();
     let store = store::DmsStore::open(&dir)?;
 
     let dm_listener = bind(config.listen).await?;

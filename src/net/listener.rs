@@ -18,12 +18,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::parking::{self, Activity, Tracked};
 use super::proxy_header;
 use super::timed_io::TimedIo;
+use super::tls_stream;
 
 /// Per-listener connection policy.
 #[derive(Clone, Debug)]
@@ -112,7 +112,7 @@ impl Drop for PerIpSlot {
 /// Serves `service` on `listener` until `shutdown` fires, then drains for up to the grace period.
 pub async fn serve<S, B>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     service: S,
     policy: ConnectionPolicy,
     gauge: Arc<ConnectionGauge>,
@@ -238,10 +238,10 @@ pub async fn serve<S, B>(
             // life, parked or not: the large ones (the handshake, hyper's connections, the
             // TLS stream) are boxed, and no local holding one lives across an await.
             let served = match tls {
-                Some(acceptor) => {
+                Some(config) => {
                     let handshake = Box::pin(tokio::time::timeout(
                         policy.handshake_timeout,
-                        acceptor.accept(TimedIo::new(stream, policy.idle_timeout)),
+                        tls_stream::accept(config, TimedIo::new(stream, policy.idle_timeout)),
                     ));
                     let tls_stream = match handshake.await {
                         Ok(Ok(s)) => Box::new(s),
@@ -254,7 +254,7 @@ pub async fn serve<S, B>(
                             return;
                         }
                     };
-                    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    if tls_stream.alpn_protocol() == Some(b"h2") {
                         let io = TokioIo::new(*tls_stream);
                         Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned()))
                             .await

@@ -8,3 +8,4 @@ pub mod parking;
 pub mod proxy_header;
 pub mod timed_io;
 pub mod tls;
+pub mod tls_stream;

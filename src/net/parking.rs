@@ -38,11 +38,11 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::listener::ConnectionGauge;
 use super::timed_io::TimedIo;
+use super::tls_stream::TlsStream;
 
 /// A connection quiet for between one and two of these is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
@@ -296,11 +296,12 @@ async fn wait_for_next_request(
     // Decrypted bytes (or a close_notify) already inside rustls would never make the socket
     // readable again: hand them to hyper at once. (hyper reads until it would block before
     // it goes idle, so this is a guard, not a path we expect.)
-    if !io.inner.get_ref().1.wants_read() {
+    if io.inner.has_buffered_input() {
         return true;
     }
     tracing::trace!("keep-alive connection parked");
-    let timed = io.inner.get_ref().0;
+    io.inner.release_idle_buffers();
+    let timed = io.inner.get_ref();
     let deadline = timed.idle_deadline();
     gauge.parked.fetch_add(1, Ordering::Relaxed);
     let woke = tokio::select! {
