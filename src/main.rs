@@ -9,6 +9,11 @@ use scomo_ads::cli::{Cli, Command, DemoArgs, DeviceArgs, DmsArgs, ServeArgs};
 use scomo_ads::client::{AdminClient, AdminTarget};
 use scomo_ads::config::{AdsConfig, Config, DmsConfig, Secret};
 
+/// jemalloc, configured (`.cargo/config.toml`) to hand freed pages back to the OS within about
+/// a second: an edge node's memory follows its busy connections down when they go quiet.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
