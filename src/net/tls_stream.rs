@@ -90,9 +90,10 @@ impl<IO> TlsStream<IO> {
     }
 
     /// True when a read would return something without the socket becoming readable again:
-    /// decrypted bytes, unprocessed ciphertext, or the end of the stream.
+    /// decrypted bytes, a whole record not yet processed, or the end of the stream. (Part of a
+    /// record is not enough: the rest has to come from the socket.)
     pub fn has_buffered_input(&self) -> bool {
-        !self.plaintext.is_empty() || self.incoming.len > 0 || self.peer_closed
+        !self.plaintext.is_empty() || self.incoming.holds_a_record() || self.peer_closed
     }
 
     /// Frees every buffer that holds nothing: called when the connection goes quiet, so that
@@ -460,6 +461,14 @@ impl Incoming {
         Poll::Ready(Ok(n))
     }
 
+    /// A whole TLS record (5-byte header: type, version, length) is buffered.
+    fn holds_a_record(&self) -> bool {
+        match self.buf.get(..self.len.min(5)) {
+            Some(&[_, _, _, hi, lo]) => self.len >= 5 + usize::from(u16::from_be_bytes([hi, lo])),
+            _ => false,
+        }
+    }
+
     fn discard(&mut self, n: usize) {
         if n == 0 {
             return;
@@ -609,6 +618,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
 mod tests {
     use super::*;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio_rustls::client::TlsStream as ClientStream;
 
@@ -695,6 +705,33 @@ mod tests {
         assert_eq!(server.buffered_capacity(), 0);
         exchange(&mut server, &mut client, &pattern(50_000), &pattern(3)).await;
         assert!(server.buffered_capacity() > 0);
+
+        // Part of a record is no reason to wake: the rest must come from the socket.
+        let raw = client.get_mut().0;
+        raw.write_all(&[23, 3, 3, 0, 40, 1, 2, 3]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_millis(50), server.read(&mut buf)).await;
+        assert!(read.is_err(), "nothing to read yet");
+        assert!(!server.has_buffered_input());
+        // The rest of it: it does not decrypt, and that is an error, not a panic.
+        client.get_mut().0.write_all(&[0; 37]).await.unwrap();
+        let err = server.read(&mut buf).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_record_is_whole_only_with_all_its_bytes() {
+        let mut incoming = Incoming {
+            buf: vec![23, 3, 3, 0, 3, 1, 2, 3, 23],
+            len: 4,
+        };
+        assert!(!incoming.holds_a_record());
+        incoming.len = 7;
+        assert!(!incoming.holds_a_record());
+        incoming.len = 8;
+        assert!(incoming.holds_a_record());
+        incoming.len = 9;
+        assert!(incoming.holds_a_record());
     }
 
     #[tokio::test]
