@@ -309,6 +309,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Nothing can be handed over, so nothing is read: decrypted data waiting here is only
+        // ever what came with records already read.
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if self.plaintext.take_into(buf) || self.peer_closed {
                 return Poll::Ready(Ok(()));
