@@ -1,7 +1,7 @@
 //! HTTP/1.1 over TLS with idle keep-alive connections "parked": when a connection has been
 //! quiet for a while, hyper's per-connection state (an 8 KiB read buffer, an 8 KiB write
 //! buffer, the cached header map, the dispatcher) is dropped and only the TLS stream is kept,
-//! waiting for the socket to become readable. The next byte from the client starts a fresh
+//! with its own buffers released too (`tls_stream`), waiting for the socket to become readable. The next byte from the client starts a fresh
 //! hyper connection on the same stream.
 //!
 //! Why: an edge node holds tens of thousands of devices' keep-alive connections that sit idle
@@ -293,8 +293,8 @@ async fn wait_for_next_request(
     gauge: &ConnectionGauge,
     shutdown: &CancellationToken,
 ) -> bool {
-    // Decrypted bytes (or a close_notify) already inside rustls would never make the socket
-    // readable again: hand them to hyper at once. (hyper reads until it would block before
+    // Decrypted bytes, a whole record or a close_notify already inside the TLS stream would
+    // never make the socket readable again: hand them to hyper at once. (hyper reads until it would block before
     // it goes idle, so this is a guard, not a path we expect.)
     if io.inner.has_buffered_input() {
         return true;
