@@ -4,8 +4,8 @@
 //! record deframer (and its plaintext and ciphertext queues) allocated for the connection's
 //! whole life. An edge node holds tens of thousands of quiet device connections; for a parked
 //! one (see `parking`) that deframer was the largest thing it cost. Here the ciphertext and
-//! plaintext buffers belong to [`TlsStream`], are reused while the connection is busy (the hot
-//! path allocates nothing per request), and [`TlsStream::release_idle_buffers`] frees them
+//! plaintext buffers belong to [`TlsStream`], are reused while the connection is busy (this
+//! layer allocates nothing per request; rustls still allocates each decrypted record), and [`TlsStream::release_idle_buffers`] frees them
 //! when it goes quiet: a parked connection keeps only rustls's session state and keys.
 //!
 //! The stream implements tokio's `AsyncRead`/`AsyncWrite`, so hyper serves on it unchanged.
