@@ -724,6 +724,23 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
+    #[tokio::test]
+    async fn an_oversized_record_is_refused_without_buffering_it() {
+        let (mut server, mut client) = pair(TLS13, 256 * 1024).await;
+        exchange(&mut server, &mut client, b"hi", b"ok").await;
+        // A record header announcing 65 535 bytes (TLS allows 16 KiB + 256), then a stream of
+        // bytes: the server must fail, not keep buffering what follows.
+        let flood = async {
+            let raw = client.get_mut().0;
+            let _ = raw.write_all(&[23, 3, 3, 0xff, 0xff]).await;
+            let _ = raw.write_all(&vec![0u8; 200 * 1024]).await;
+        };
+        let mut buf = [0u8; 1024];
+        let (_, read) = tokio::join!(flood, server.read(&mut buf));
+        assert_eq!(read.err().unwrap().kind(), io::ErrorKind::InvalidData);
+        assert!(server.buffered_capacity() <= MAX_INCOMING + MAX_WRITE);
+    }
+
     #[test]
     fn a_record_is_whole_only_with_all_its_bytes() {
         let mut incoming = Incoming {
