@@ -138,10 +138,10 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     let keyring = load_keyring(&dir)?;
     let identity =
         tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
-    let acceptor = identity.config.clone();
-    let admin_acceptor = match &config.admin_client_ca {
+    let tls_config = identity.config.clone();
+    let admin_tls = match &config.admin_client_ca {
         Some(ca) => identity.requiring_clients_of(ca)?,
-        None => acceptor.clone(),
+        None => tls_config.clone(),
     };
     let store = Store::open(&dir)?;
 
@@ -261,7 +261,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     };
     tasks.spawn(listener::serve(
         download_listener,
-        Some(acceptor.clone()),
+        Some(tls_config.clone()),
         download_service.clone(),
         policy.clone(),
         metrics.download_connections.clone(),
@@ -280,7 +280,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     let admin_service = hyper_util::service::TowerToHyperService::new(admin::router(state.clone()));
     tasks.spawn(listener::serve(
         admin_listener,
-        Some(admin_acceptor),
+        Some(admin_tls),
         admin_service,
         ConnectionPolicy {
             tag_peer: true,

@@ -108,7 +108,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     let signer = webhook::sign::Signer::from_secrets(&emi_secret)?;
     let identity =
         tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
-    let acceptor = identity.config.clone();
+    let tls_config = identity.config.clone();
     let store = store::DmsStore::open(&dir)?;
 
     let dm_listener = bind(config.listen).await?;
@@ -222,7 +222,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     let api_service = hyper_util::service::TowerToHyperService::new(emi::api_router(state));
     tasks.spawn(listener::serve(
         dm_listener,
-        Some(acceptor.clone()),
+        Some(tls_config.clone()),
         dm_service.clone(),
         policy.clone(),
         Arc::new(ConnectionGauge::default()),
@@ -240,7 +240,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     }
     tasks.spawn(listener::serve(
         api_listener,
-        Some(acceptor),
+        Some(tls_config),
         api_service,
         policy,
         Arc::new(ConnectionGauge::default()),

@@ -1,8 +1,8 @@
 //! HTTP/1.1 over TLS with idle keep-alive connections "parked": when a connection has been
 //! quiet for a while, hyper's per-connection state (an 8 KiB read buffer, an 8 KiB write
 //! buffer, the cached header map, the dispatcher) is dropped and only the TLS stream is kept,
-//! with its own buffers released too (`tls_stream`), waiting for the socket to become readable. The next byte from the client starts a fresh
-//! hyper connection on the same stream.
+//! with its own buffers released too (`tls_stream`), waiting for the socket to become
+//! readable. The next byte from the client starts a fresh hyper connection on the same stream.
 //!
 //! Why: an edge node holds tens of thousands of devices' keep-alive connections that sit idle
 //! between a poll and the next download. Parked, one costs the TLS session and the socket;
