@@ -22,8 +22,8 @@ use std::task::{ready, Context, Poll};
 
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
-    WriteTraffic,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedStatus, WriteTraffic,
 };
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -136,7 +136,6 @@ enum Outcome {
     Delivered,
     /// This much of the writer's data was encrypted (or, for a close_notify, queued).
     Wrote(usize),
-    HandshakeDone,
     /// The peer closed (close_notify), or both sides did.
     Closed,
 }
@@ -187,19 +186,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     }
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let mut need = 512;
-                    loop {
-                        match encode.encode(self.outgoing.spare(need)) {
-                            Ok(n) => {
-                                self.outgoing.commit(n);
-                                break Ok(None);
-                            }
-                            Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) => need = required_size,
-                            Err(EncodeError::AlreadyEncoded) => break Ok(None),
-                        }
-                    }
+                    self.outgoing.encode(&mut encode);
+                    Ok(None)
                 }
                 Ok(ConnectionState::TransmitTlsData(mut transmit)) => {
                     Ok(match self.outgoing.poll_flush(&mut self.io, cx) {
@@ -232,8 +220,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                 }))),
                 Ok(ConnectionState::WriteTraffic(mut writer)) => {
                     Ok(Some(Poll::Ready(match &intent {
-                        Intent::Handshake => Ok(Outcome::HandshakeDone),
-                        Intent::Read(_) => Ok(Outcome::NeedRead),
+                        Intent::Handshake | Intent::Read(_) => Ok(Outcome::NeedRead),
                         Intent::Write(bufs) => {
                             encrypt(&mut writer, &mut self.outgoing, &mut self.gather, bufs)
                                 .map(Outcome::Wrote)
@@ -274,10 +261,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             .conn
             .process_tls_records(&mut self.incoming.buf[..self.incoming.len]);
         if let Ok(ConnectionState::EncodeTlsData(mut alert)) = state {
-            if let Ok(n) = alert.encode(self.outgoing.spare(512)) {
-                self.outgoing.commit(n);
-                let _ = self.outgoing.poll_flush(&mut self.io, cx);
-            }
+            self.outgoing.encode(&mut alert);
+            let _ = self.outgoing.poll_flush(&mut self.io, cx);
         }
         self.incoming.discard(discard);
         Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)))
@@ -289,9 +274,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             match ready!(self.poll_process(cx, Intent::Handshake))? {
-                Outcome::HandshakeDone => return Poll::Ready(Ok(())),
-                // Done, with the session tickets still going out: the stream's reads and
-                // writes finish sending them.
+                // Done (possibly with session tickets still going out: the stream's reads and
+                // writes finish sending them).
                 Outcome::NeedRead if !self.conn.is_handshaking() => return Poll::Ready(Ok(())),
                 Outcome::NeedRead => {
                     if ready!(self.incoming.poll_fill(&mut self.io, cx))? == 0 {
@@ -333,7 +317,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                         self.peer_closed = true;
                     }
                 }
-                Outcome::Wrote(_) | Outcome::HandshakeDone => {}
+                Outcome::Wrote(_) => {}
             }
         }
     }
@@ -516,6 +500,20 @@ impl Outgoing {
 
     fn commit(&mut self, n: usize) {
         self.end += n;
+    }
+
+    /// Appends the handshake (or alert) record rustls has ready, with room for it.
+    fn encode(&mut self, record: &mut EncodeTlsData<'_, ServerConnectionData>) {
+        let mut need = 512;
+        loop {
+            match record.encode(self.spare(need)) {
+                Ok(n) => return self.commit(n),
+                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    need = required_size
+                }
+                Err(EncodeError::AlreadyEncoded) => return,
+            }
+        }
     }
 
     fn poll_flush<IO: AsyncWrite + Unpin>(
