@@ -261,7 +261,8 @@ async fn callbacks_before_after_and_twice_are_recorded_once_and_the_emi_told_onc
     let job = dms
         .create_job(json!({"device": "IMEI:5007", "operation": "download", "component": "fw"}))
         .await;
-    assert_eq!(dms.wait_job(&job, 60).await["state"], "succeeded");
+    let done = dms.wait_job(&job, 60).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
     let j = wait_step(&dms, &job, "ads_download_completed").await;
     // The ADS delivered its callback; replay the very same event (at-least-once delivery).
     let events: serde_json::Value = client(&ads.cert())

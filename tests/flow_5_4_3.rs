@@ -20,7 +20,8 @@ async fn delivered(id: &str, faults: scomo_ads::device::Faults) -> (Dms, Device)
     let job = dms
         .create_job(json!({"device": id, "operation": "download", "component": "fw"}))
         .await;
-    assert_eq!(dms.wait_job(&job, 30).await["state"], "succeeded");
+    let done = dms.wait_job(&job, 30).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
     (dms, dev)
 }
 

@@ -228,18 +228,18 @@ async fn put_device(
     let res = state
         .store
         .run(move |s| {
-            let mut d = s.device(&id)?.unwrap_or_else(|| Device {
+            let new = || Device {
                 id: id.clone(),
                 server_nonce: INITIAL_NONCE.into(),
                 client_nonce: INITIAL_NONCE.into(),
                 ..Device::default()
-            });
-            d.password = b.password;
-            d.server_password = b.server_password.unwrap_or_else(|| d.password.clone());
-            d.auth = auth;
-            d.notify_url = b.notify_url;
-            s.put_device(&d)?;
-            Ok(d)
+            };
+            s.upsert_device(&id, new, |d| {
+                d.password = b.password;
+                d.server_password = b.server_password.unwrap_or_else(|| d.password.clone());
+                d.auth = auth;
+                d.notify_url = b.notify_url;
+            })
         })
         .await;
     match res {

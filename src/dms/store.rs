@@ -233,52 +233,47 @@ impl DmsStore {
     }
 
     pub fn put_device(&self, d: &Device) -> Result<(), DmsStoreError> {
-        // Secrets are stored (the DMS must know them to verify digests), just never serialized
-        // into API answers: a private struct carries them into the row.
-        #[derive(Serialize)]
-        struct Row<'a> {
-            #[serde(flatten)]
-            d: &'a Device,
-            password: &'a str,
-            server_password: &'a str,
-            server_nonce: &'a str,
-            client_nonce: &'a str,
-        }
-        let json = serde_json::to_string(&Row {
-            d,
-            password: &d.password,
-            server_password: &d.server_password,
-            server_nonce: &d.server_nonce,
-            client_nonce: &d.client_nonce,
-        })?;
-        self.conn().execute(
-            "INSERT INTO devices (id, json) VALUES (?1, ?2)
-             ON CONFLICT(id) DO UPDATE SET json = excluded.json",
-            params![d.id, json],
-        )?;
-        Ok(())
+        write_device(&self.conn(), d)
     }
 
     pub fn device(&self, id: &str) -> Result<Option<Device>, DmsStoreError> {
-        let json: Option<String> = self
-            .conn()
-            .query_row("SELECT json FROM devices WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        read_device(&self.conn(), id)
     }
 
-    /// Reads, changes and writes a device in one transaction.
+    /// Reads, changes and writes a device in one transaction, holding the connection throughout:
+    /// two updates racing (a session storing DevInfo, a notification stamping its time) must not
+    /// write back each other's stale copy.
     pub fn update_device(
         &self,
         id: &str,
         f: impl FnOnce(&mut Device),
     ) -> Result<Option<Device>, DmsStoreError> {
-        let Some(mut d) = self.device(id)? else {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(mut d) = read_device(&tx, id)? else {
             return Ok(None);
         };
         f(&mut d);
-        self.put_device(&d)?;
+        write_device(&tx, &d)?;
+        tx.commit()?;
         Ok(Some(d))
+    }
+
+    /// Like [`update_device`](Self::update_device), starting from `new()` when the device is
+    /// not registered yet.
+    pub fn upsert_device(
+        &self,
+        id: &str,
+        new: impl FnOnce() -> Device,
+        f: impl FnOnce(&mut Device),
+    ) -> Result<Device, DmsStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut d = read_device(&tx, id)?.unwrap_or_else(new);
+        f(&mut d);
+        write_device(&tx, &d)?;
+        tx.commit()?;
+        Ok(d)
     }
 
     pub fn put_build(&self, b: &Build) -> Result<(), DmsStoreError> {
@@ -413,5 +408,81 @@ impl DmsStore {
         let mut stmt = conn.prepare("SELECT DISTINCT device FROM jobs WHERE final = 0")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn read_device(conn: &Connection, id: &str) -> Result<Option<Device>, DmsStoreError> {
+    let json: Option<String> = conn
+        .query_row("SELECT json FROM devices WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+}
+
+fn write_device(conn: &Connection, d: &Device) -> Result<(), DmsStoreError> {
+    // Secrets are stored (the DMS must know them to verify digests), just never serialized
+    // into API answers: a private struct carries them into the row.
+    #[derive(Serialize)]
+    struct Row<'a> {
+        #[serde(flatten)]
+        d: &'a Device,
+        password: &'a str,
+        server_password: &'a str,
+        server_nonce: &'a str,
+        client_nonce: &'a str,
+    }
+    let json = serde_json::to_string(&Row {
+        d,
+        password: &d.password,
+        server_password: &d.server_password,
+        server_nonce: &d.server_nonce,
+        client_nonce: &d.client_nonce,
+    })?;
+    conn.execute(
+        "INSERT INTO devices (id, json) VALUES (?1, ?2)
+         ON CONFLICT(id) DO UPDATE SET json = excluded.json",
+        params![d.id, json],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Two writers updating one device concurrently: without the connection held from read to
+    /// write, one writes back a copy that misses the other's change (CI once saw a session's
+    /// DevInfo erased by a notification's timestamp this way).
+    #[test]
+    fn concurrent_device_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DmsStore::open(dir.path()).unwrap();
+        store
+            .put_device(&Device {
+                id: "d".into(),
+                last_notified_at_ms: Some(0),
+                ..Device::default()
+            })
+            .unwrap();
+        const PER_THREAD: u64 = 300;
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        store
+                            .update_device("d", |d| {
+                                d.last_notified_at_ms = d.last_notified_at_ms.map(|n| n + 1);
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let d = store.device("d").unwrap().unwrap();
+        assert_eq!(d.last_notified_at_ms, Some(2 * PER_THREAD));
     }
 }
