@@ -411,7 +411,12 @@ async fn a_fleet_downloads_through_the_ads() {
     let (report, _agents) = scomo_ads::device::fleet::run(cfg, dms.shutdown.clone())
         .await
         .unwrap();
-    assert_eq!((report.succeeded, report.failed), (6, 0));
+    assert_eq!(
+        (report.succeeded, report.failed),
+        (6, 0),
+        "{:?}",
+        report.errors
+    );
     assert!(report.per_second() > 0.0 && report.percentile(99.0) >= report.percentile(50.0));
     let metrics = client(&ads.cert())
         .get(ads.admin("/metrics"))

@@ -37,6 +37,8 @@ pub struct FleetReport {
     pub agents: u32,
     pub succeeded: u32,
     pub failed: u32,
+    /// Why each failed device failed, for the operator (and a test) to read.
+    pub errors: Vec<String>,
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
 }
@@ -162,8 +164,14 @@ pub async fn run(
             Ok((Err(e), _)) => {
                 report.failed += 1;
                 tracing::warn!(error = %e, "fleet device failed");
+                report.errors.push(e.to_string());
             }
-            Err(_) => report.failed += 1,
+            Err(e) => {
+                report.failed += 1;
+                report
+                    .errors
+                    .push(format!("device task ended abnormally: {e}"));
+            }
         }
     }
     report.elapsed = start.elapsed();

@@ -249,7 +249,9 @@ impl DmsStore {
         f: impl FnOnce(&mut Device),
     ) -> Result<Option<Device>, DmsStoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // Immediate: a deferred transaction that read first cannot take the write lock once
+        // the outbox's connection has written since (SQLITE_BUSY at once, no busy wait).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let Some(mut d) = read_device(&tx, id)? else {
             return Ok(None);
         };
@@ -268,7 +270,9 @@ impl DmsStore {
         f: impl FnOnce(&mut Device),
     ) -> Result<Device, DmsStoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // Immediate: a deferred transaction that read first cannot take the write lock once
+        // the outbox's connection has written since (SQLITE_BUSY at once, no busy wait).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut d = read_device(&tx, id)?.unwrap_or_else(new);
         f(&mut d);
         write_device(&tx, &d)?;
@@ -452,7 +456,8 @@ mod tests {
 
     /// Two writers updating one device concurrently: without the connection held from read to
     /// write, one writes back a copy that misses the other's change (CI once saw a session's
-    /// DevInfo erased by a notification's timestamp this way).
+    /// DevInfo erased by a notification's timestamp this way); and with a deferred transaction,
+    /// a write from another connection made an update fail outright (HTTP 500 in a fleet test).
     #[test]
     fn concurrent_device_updates_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -479,9 +484,26 @@ mod tests {
                 })
             })
             .collect();
+        // Another connection writing the same database meanwhile (as the webhook outbox's
+        // does): an update must wait for it, not fail with SQLITE_BUSY.
+        let db = store.db_path().to_path_buf();
+        let other = std::thread::spawn(move || {
+            let conn = Connection::open(db).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
+            for i in 0..PER_THREAD {
+                conn.execute(
+                    "INSERT INTO devices (id, json) VALUES ('other', ?1)
+                     ON CONFLICT(id) DO UPDATE SET json = excluded.json",
+                    [format!("{{\"id\":\"other\",\"n\":{i}}}")],
+                )
+                .unwrap();
+            }
+        });
         for w in writers {
             w.join().unwrap();
         }
+        other.join().unwrap();
         let d = store.device("d").unwrap().unwrap();
         assert_eq!(d.last_notified_at_ms, Some(2 * PER_THREAD));
     }
