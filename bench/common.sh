@@ -32,3 +32,43 @@ bench_cleanup() {
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
 # to_ms: wrk's latency with its unit -> milliseconds
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000}}'; }
+
+# bench_nginx TLS_ADDR HTTP_ADDR SECRET [PREFIX]: nginx serving $WORK/www over TLS 1.3 (X25519,
+# HTTP/1.1 and HTTP/2) and plain HTTP, with the node's certificate ($WORK/cert.pem and
+# $WORK/key.pem), sendfile, and secure_link (MD5 of expiry, URI and SECRET) guarding /files/,
+# so that it checks a signed URL per request as the node does. PREFIX (say `taskset -c 1`)
+# runs it under another command. Sets NG_PID, NG_EXPIRES and ng_sign PATH (the md5 argument).
+bench_nginx() {
+  local tls=$1 http=$2 secret=$3 prefix=${4:-}
+  cat > "$WORK/nginx.conf" <<NGINX
+user root;
+worker_processes $(nproc);
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000; keepalive_timeout 60s;
+  types { application/octet-stream bin; }
+  server {
+    listen $tls ssl http2; listen $http;
+    ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
+    root $WORK/www;
+    location /files/ {
+      secure_link \$arg_md5,\$arg_expires;
+      secure_link_md5 "\$secure_link_expires\$uri $secret";
+      if (\$secure_link = "") { return 403; }
+      if (\$secure_link = "0") { return 410; }
+    }
+  }
+}
+NGINX
+  $prefix nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+  NG_PID=$!; PIDS+=($NG_PID)
+  NG_SECRET=$secret
+  NG_EXPIRES=$(( $(date +%s) + 86400 ))
+  sleep 0.5
+}
+ng_sign() { echo -n "$NG_EXPIRES$1 $NG_SECRET" | openssl md5 -binary | openssl base64 | tr +/ -_ | tr -d =; }

@@ -53,39 +53,11 @@ done
 # ---------------------------------------------------------------- nginx
 NG_TLS=127.0.0.1:19443; NG_HTTP=127.0.0.1:19080; SECRET=bench-secret
 cp "$WORK/ads/tls/cert.pem" "$WORK/cert.pem"; cp "$WORK/ads/tls/key.pem" "$WORK/key.pem"
-cat > "$WORK/nginx.conf" <<NGINX
-user root;
-worker_processes $(nproc);
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000; keepalive_timeout 60s;
-  types { application/octet-stream bin; }
-  server {
-    listen $NG_TLS ssl http2; listen $NG_HTTP;
-    ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
-    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
-    root $WORK/www;
-    location /files/ {
-      secure_link \$arg_md5,\$arg_expires;
-      secure_link_md5 "\$secure_link_expires\$uri $SECRET";
-      if (\$secure_link = "") { return 403; }
-      if (\$secure_link = "0") { return 410; }
-    }
-  }
-}
-NGINX
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
-NG_PID=$!; PIDS+=($NG_PID)
-sleep 0.5
-EXPIRES=$(( $(date +%s) + 86400 ))
-sign() { echo -n "$EXPIRES$1 $SECRET" | openssl md5 -binary | openssl base64 | tr +/ -_ | tr -d =; }
+bench_nginx "$NG_TLS" "$NG_HTTP" "$SECRET"
+EXPIRES=$NG_EXPIRES
 declare -A NG_URL
 for f in 1k 64k 1m 100m; do
-  NG_URL[$f]="https://$NG_TLS/files/$f.bin?md5=$(sign /files/$f.bin)&expires=$EXPIRES"
+  NG_URL[$f]="https://$NG_TLS/files/$f.bin?md5=$(ng_sign /files/$f.bin)&expires=$EXPIRES"
 done
 
 # ---------------------------------------------------------------- helpers
@@ -163,7 +135,7 @@ compare "HTTPS 1 MiB"                "MiB/s" "bps_of '${OURS_URL[1m]}'"  "bps_of
 compare "HTTPS random 1 MiB ranges of 100 MiB" "MiB/s" "bps_of '${OURS_URL[100m]}' $WORK/range1m.lua" "bps_of '${NG_URL[100m]}' $WORK/range1m.lua"
 compare "HTTPS 2 KiB ranges"         "req/s" "rps_of '${OURS_URL[1m]}' $WORK/range2k.lua" "rps_of '${NG_URL[1m]}' $WORK/range2k.lua"
 OURS_PLAIN="http://$OURS_HTTP/d/${OURS_URL[1k]##*/d/}"
-NG_PLAIN="http://$NG_HTTP/files/1k.bin?md5=$(sign /files/1k.bin)&expires=$EXPIRES"
+NG_PLAIN="http://$NG_HTTP/files/1k.bin?md5=$(ng_sign /files/1k.bin)&expires=$EXPIRES"
 compare "plain HTTP 1 KiB"           "req/s" "rps_of '$OURS_PLAIN'" "rps_of '$NG_PLAIN'"
 
 # Minting rate (wrk POSTing to the admin API), keeping the URLs: every one-time request below
@@ -248,7 +220,7 @@ before=$(rss_kib $OURS_PID)
 settled "$WORK/idle.ours"; during=$(rss_kib $OURS_PID); wait $IP || true
 OURS_IDLE=$(( (during - before) / 1024 ))
 nbefore=$(nginx_rss)
-( idle 127.0.0.1 19443 "/files/1k.bin?md5=$(sign /files/1k.bin)&expires=$EXPIRES" > "$WORK/idle.ng" ) & IP=$!
+( idle 127.0.0.1 19443 "/files/1k.bin?md5=$(ng_sign /files/1k.bin)&expires=$EXPIRES" > "$WORK/idle.ng" ) & IP=$!
 settled "$WORK/idle.ng"; nduring=$(nginx_rss); wait $IP || true
 NG_IDLE=$(( (nduring - nbefore) / 1024 ))
 row=$(printf '| %-34s | %-6s | %14s | %14s | %6s | %9s | %9s |' "10k idle TLS conns: RSS growth" "MiB" "$OURS_IDLE ($(cat $WORK/idle.ours) open)" "$NG_IDLE ($(cat $WORK/idle.ng) open)" "-" "-" "-")

@@ -45,35 +45,14 @@ ORDER=(ours nginx)
 if [ -n "${OTHER:-}" ]; then start_node other "$OTHER" 28543; ORDER=(ours other nginx); fi
 
 cp "$WORK/ours/tls/cert.pem" "$WORK/cert.pem"; cp "$WORK/ours/tls/key.pem" "$WORK/key.pem"
-cat > "$WORK/nginx.conf" <<NGINX
-user root;
-worker_processes $(nproc);
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 20000; }
-http {
-  access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000; keepalive_timeout 60s;
-  types { application/octet-stream bin; }
-  server {
-    listen 127.0.0.1:28643 ssl;
-    ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
-    ssl_protocols TLSv1.3; ssl_ecdh_curve X25519;
-    root $WORK/www;
-    location /files/ {
-      secure_link \$arg_md5,\$arg_expires;
-      secure_link_md5 "\$secure_link_expires\$uri bench-secret";
-      if (\$secure_link = "") { return 403; }
-    }
-  }
-}
-NGINX
-$SRV nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
-SERVER_PID[nginx]=$!; PIDS+=($!)
-sleep 0.5
-EXPIRES=$(( $(date +%s) + 86400 ))
-MD5=$(echo -n "$EXPIRES/files/1k.bin bench-secret" | openssl md5 -binary | openssl base64 | tr +/ -_ | tr -d =)
-URL[nginx]="https://127.0.0.1:28643/files/1k.bin?md5=$MD5&expires=$EXPIRES"
+bench_nginx 127.0.0.1:28643 127.0.0.1:28680 bench-secret "$SRV"
+SERVER_PID[nginx]=$NG_PID
+URL[nginx]="https://127.0.0.1:28643/files/1k.bin?md5=$(ng_sign /files/1k.bin)&expires=$NG_EXPIRES"
+
+for name in "${ORDER[@]}"; do
+  code=$(curl -sk -o /dev/null -w '%{http_code}' "${URL[$name]}")
+  [ "$code" = 200 ] || { echo "$name answered $code to its URL; stopping" >&2; exit 1; }
+done
 
 cat > "$WORK/pct.lua" <<'LUA'
 done = function(summary, latency, requests)
