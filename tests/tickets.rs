@@ -472,3 +472,47 @@ async fn the_ticket_cache_is_bounded_and_evicted_tickets_still_work_once() {
     }
     assert!(cached().await <= 3);
 }
+
+/// A one-frame one-time response is held until its delivery is recorded, and the head with
+/// it: while another process holds the database's write lock, not even the status line
+/// leaves; once the lock is released, head and body arrive and the ticket is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_response_head_waits_until_its_delivery_is_recorded() {
+    let (node, data, comp) = setup(1_024).await;
+    let (id, url) = once(&node, &comp).await;
+    let db = rusqlite::Connection::open(node.dir.path().join("ads.sqlite3")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let c = client(&node.cert());
+    let get = tokio::spawn({
+        let c = c.clone();
+        let url = url.clone();
+        async move { c.get(&url).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !get.is_finished(),
+        "the response head left before the delivery was recorded"
+    );
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let r = get.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap()[..] == data[..]);
+    assert_eq!(node.ticket(&id).await["state"], "completed");
+    assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
+}
+
+/// When the delivery cannot be recorded at all (the write lock is held past the writer's busy
+/// timeout), the device gets a clear 503 with Retry-After, not a 200 whose body is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_cannot_be_recorded_gets_503_not_a_cut_200() {
+    let (node, _data, comp) = setup(1_024).await;
+    let (_id, url) = once(&node, &comp).await;
+    let db = rusqlite::Connection::open(node.dir.path().join("ads.sqlite3")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = client(&node.cert()).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.text().await.unwrap().contains("record this download"));
+    db.execute_batch("COMMIT").unwrap();
+}

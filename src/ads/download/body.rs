@@ -107,6 +107,8 @@ pub struct DownloadBody {
     tracker: Option<Box<Tracker>>,
     /// The final frame, held until the completion it caused is durable.
     held: Option<Result<Frame<Bytes>, std::io::Error>>,
+    /// A frame produced ahead by [`DownloadBody::produce_first_frame`], handed out first.
+    primed: Option<Frame<Bytes>>,
 }
 
 impl DownloadBody {
@@ -120,6 +122,7 @@ impl DownloadBody {
             remaining: 0,
             tracker: None,
             held: None,
+            primed: None,
         }
     }
 
@@ -159,6 +162,7 @@ impl DownloadBody {
             remaining: end - start,
             tracker: None,
             held: None,
+            primed: None,
         }
     }
 
@@ -183,6 +187,26 @@ impl DownloadBody {
             remaining,
             tracker: None,
             held: None,
+            primed: None,
+        }
+    }
+
+    /// Produces the first frame now, inside the service future, and keeps it to hand out
+    /// first. For a response that is one frame, whatever that frame waits for (the intent,
+    /// the completion being durable) then holds back the response head too: hyper sends head
+    /// and body in one write once the delivery is recorded, instead of flushing the head alone
+    /// and waking the device twice. And a failure to record can still become a clean 503,
+    /// where a sent 200 could only be cut off. `Err` is that failure; the body is spent then.
+    pub async fn produce_first_frame(&mut self) -> std::io::Result<()> {
+        let frame =
+            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut *self), cx)).await;
+        match frame {
+            Some(Err(e)) => Err(e),
+            Some(Ok(f)) => {
+                self.primed = Some(f);
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -272,6 +296,9 @@ impl http_body::Body for DownloadBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
+        if let Some(frame) = this.primed.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         if let Some(t) = this.tracker.as_mut() {
             if let Some(begin) = t.begin.as_mut() {
                 match poll_ack(begin, cx, "download intent") {
@@ -347,6 +374,7 @@ impl http_body::Body for DownloadBody {
         self.current.is_none()
             && self.pending.is_none()
             && self.held.is_none()
+            && self.primed.is_none()
             && self
                 .tracker
                 .as_ref()
@@ -354,7 +382,12 @@ impl http_body::Body for DownloadBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        let primed = self
+            .primed
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |b| b.len() as u64);
+        SizeHint::with_exact(self.remaining + primed)
     }
 }
 

@@ -197,6 +197,21 @@ impl DownloadPlane {
         };
         let body = std::mem::replace(resp.body_mut(), DownloadBody::empty());
         *resp.body_mut() = body.tracked(tracker);
+        // A one-frame response on a ticket that records its deliveries: the head waits with
+        // the frame until the delivery is recorded (see `produce_first_frame`). Shared links
+        // record lazily and have nothing to wait for.
+        if single_frame && !ticket.record.is_shared() {
+            if let Err(e) = resp.body_mut().produce_first_frame().await {
+                tracing::warn!(error = %e, "download refused: its delivery could not be recorded");
+                let mut r = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily unable to record this download; retry later\n",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        }
         resp
     }
 
