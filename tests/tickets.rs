@@ -503,11 +503,12 @@ async fn a_one_time_response_head_waits_until_its_delivery_is_recorded() {
 }
 
 /// When the delivery cannot be recorded at all (the write lock is held past the writer's busy
-/// timeout), the device gets a clear 503 with Retry-After, not a 200 whose body is cut off.
+/// timeout), the device gets a clear 503 with Retry-After, not a 200 whose body is cut off,
+/// and the ticket is not spent: the retry succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_cannot_be_recorded_gets_503_not_a_cut_200() {
-    let (node, _data, comp) = setup(1_024).await;
-    let (_id, url) = once(&node, &comp).await;
+    let (node, data, comp) = setup(1_024).await;
+    let (id, url) = once(&node, &comp).await;
     let db = rusqlite::Connection::open(node.dir.path().join("ads.sqlite3")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let r = client(&node.cert()).get(&url).send().await.unwrap();
@@ -515,4 +516,13 @@ async fn a_delivery_that_cannot_be_recorded_gets_503_not_a_cut_200() {
     assert_eq!(r.headers()["retry-after"], "1");
     assert!(r.text().await.unwrap().contains("record this download"));
     db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    // Nothing was consumed: the device's retry gets the object, and that spends the ticket.
+    let c = client(&node.cert());
+    let again = c.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(again.bytes().await.unwrap()[..] == data[..]);
+    assert_eq!(node.ticket(&id).await["state"], "completed");
+    assert_eq!(node.ticket(&id).await["deliveries"], 1);
+    assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }

@@ -278,7 +278,12 @@ impl DownloadBody {
             if let Some(done) = t.completion.as_mut() {
                 match poll_ack(done, cx, "ticket completion") {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Err(e)) => {
+                        t.completion = None;
+                        self.held = None;
+                        t.guard.completion_failed();
+                        return Poll::Ready(Some(Err(e)));
+                    }
                     Poll::Ready(Ok(())) => t.completion = None,
                 }
             }

@@ -281,6 +281,9 @@ pub struct RequestGuard {
     sent: u64,
     /// This request's completion already persisted its progress and settled its intent.
     settled: bool,
+    /// The bytes whose credit completed a delivery of the ticket (in memory; durable once
+    /// acknowledged), held back with the final frame until then.
+    completed_by: Option<(u64, u64)>,
 }
 
 impl RequestGuard {
@@ -397,6 +400,7 @@ impl RequestGuard {
             }
             return None;
         }
+        self.completed_by = Some((start, end));
         let snapshot = Box::new(p.snap.clone());
         let (ack, rx) = oneshot::channel();
         // Sent while holding the lock so the writer sees snapshots in the order they were taken.
@@ -415,6 +419,32 @@ impl RequestGuard {
             tracing::error!("ticket writer gone; completion not persisted");
         }
         Some(rx)
+    }
+}
+
+impl RequestGuard {
+    /// The completion this request caused was not made durable (its commit failed): the
+    /// delivery is taken back in memory too, so that memory agrees with storage and the
+    /// device's retry can complete the ticket instead of finding it spent. The held frame's
+    /// bytes never left, so they leave the coverage again.
+    pub fn completion_failed(&mut self) {
+        let Some((start, end)) = self.completed_by.take() else {
+            return;
+        };
+        self.settled = false;
+        let mut p = self.ticket.lock();
+        p.snap.coverage.remove(start, end);
+        p.snap.bytes_sent = p.snap.bytes_sent.saturating_sub(end - start);
+        p.snap.deliveries = p.snap.deliveries.saturating_sub(1);
+        p.snap.completed_at_ms = None;
+        if p.snap.state == TicketState::Completed {
+            p.snap.state = TicketState::Downloading;
+        }
+        self.tickets
+            .inner
+            .metrics
+            .tickets_completed
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -823,6 +853,7 @@ impl Tickets {
             planned: len,
             sent: 0,
             settled: false,
+            completed_by: None,
         })
     }
 
