@@ -240,25 +240,36 @@ impl DmsStore {
         read_device(&self.conn(), id)
     }
 
-    /// Reads, changes and writes a device in one transaction, holding the connection throughout:
-    /// two updates racing (a session storing DevInfo, a notification stamping its time) must not
-    /// write back each other's stale copy.
+    /// Runs `f` in one write transaction, the connection held throughout. Immediate: a
+    /// deferred transaction that read first cannot take the write lock once the outbox's
+    /// connection has written since (SQLITE_BUSY at once, no busy wait).
+    fn write_tx<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, DmsStoreError>,
+    ) -> Result<R, DmsStoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let r = f(&tx)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Reads, changes and writes a device in one transaction: two updates racing (a session
+    /// storing DevInfo, a notification stamping its time) must not write back each other's
+    /// stale copy.
     pub fn update_device(
         &self,
         id: &str,
         f: impl FnOnce(&mut Device),
     ) -> Result<Option<Device>, DmsStoreError> {
-        let mut conn = self.conn();
-        // Immediate: a deferred transaction that read first cannot take the write lock once
-        // the outbox's connection has written since (SQLITE_BUSY at once, no busy wait).
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let Some(mut d) = read_device(&tx, id)? else {
-            return Ok(None);
-        };
-        f(&mut d);
-        write_device(&tx, &d)?;
-        tx.commit()?;
-        Ok(Some(d))
+        self.write_tx(|tx| {
+            let Some(mut d) = read_device(tx, id)? else {
+                return Ok(None);
+            };
+            f(&mut d);
+            write_device(tx, &d)?;
+            Ok(Some(d))
+        })
     }
 
     /// Like [`update_device`](Self::update_device), starting from `new()` when the device is
@@ -269,15 +280,12 @@ impl DmsStore {
         new: impl FnOnce() -> Device,
         f: impl FnOnce(&mut Device),
     ) -> Result<Device, DmsStoreError> {
-        let mut conn = self.conn();
-        // Immediate: a deferred transaction that read first cannot take the write lock once
-        // the outbox's connection has written since (SQLITE_BUSY at once, no busy wait).
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut d = read_device(&tx, id)?.unwrap_or_else(new);
-        f(&mut d);
-        write_device(&tx, &d)?;
-        tx.commit()?;
-        Ok(d)
+        self.write_tx(|tx| {
+            let mut d = read_device(tx, id)?.unwrap_or_else(new);
+            f(&mut d);
+            write_device(tx, &d)?;
+            Ok(d)
+        })
     }
 
     pub fn put_build(&self, b: &Build) -> Result<(), DmsStoreError> {
@@ -358,30 +366,7 @@ impl DmsStore {
 
     /// Saves a finished job and, if the EMI is configured, its webhook event, atomically.
     pub fn finish_job(&self, j: &Job, emi_url: Option<&str>) -> Result<(), DmsStoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE jobs SET final = 1, json = ?2 WHERE id = ?1",
-            params![j.id, serde_json::to_string(j)?],
-        )?;
-        if let Some(url) = emi_url {
-            let event_id = outbox::new_event_id();
-            let kind = if j.state == JobState::Succeeded {
-                "job.succeeded"
-            } else {
-                "job.failed"
-            };
-            let mut shown = j.clone();
-            Self::merge_ads_events(&tx, &mut shown)?;
-            let payload = serde_json::json!({
-                "event": kind,
-                "event_id": event_id,
-                "job": shown,
-            });
-            outbox::enqueue(&tx, &event_id, kind, url, &payload.to_string(), now_ms())?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.write_tx(|tx| finish_job_in(tx, j, emi_url))
     }
 
     pub fn job(&self, id: &str) -> Result<Option<Job>, DmsStoreError> {
@@ -413,6 +398,35 @@ impl DmsStore {
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// A finished job and, if the EMI is configured, its webhook event, inside `tx`.
+fn finish_job_in(
+    tx: &rusqlite::Transaction<'_>,
+    j: &Job,
+    emi_url: Option<&str>,
+) -> Result<(), DmsStoreError> {
+    tx.execute(
+        "UPDATE jobs SET final = 1, json = ?2 WHERE id = ?1",
+        params![j.id, serde_json::to_string(j)?],
+    )?;
+    if let Some(url) = emi_url {
+        let event_id = outbox::new_event_id();
+        let kind = if j.state == JobState::Succeeded {
+            "job.succeeded"
+        } else {
+            "job.failed"
+        };
+        let mut shown = j.clone();
+        DmsStore::merge_ads_events(tx, &mut shown)?;
+        let payload = serde_json::json!({
+            "event": kind,
+            "event_id": event_id,
+            "job": shown,
+        });
+        outbox::enqueue(tx, &event_id, kind, url, &payload.to_string(), now_ms())?;
+    }
+    Ok(())
 }
 
 fn read_device(conn: &Connection, id: &str) -> Result<Option<Device>, DmsStoreError> {
