@@ -366,7 +366,29 @@ impl DmsStore {
 
     /// Saves a finished job and, if the EMI is configured, its webhook event, atomically.
     pub fn finish_job(&self, j: &Job, emi_url: Option<&str>) -> Result<(), DmsStoreError> {
-        self.write_tx(|tx| finish_job_in(tx, j, emi_url))
+        self.write_tx(|tx| {
+            tx.execute(
+                "UPDATE jobs SET final = 1, json = ?2 WHERE id = ?1",
+                params![j.id, serde_json::to_string(j)?],
+            )?;
+            if let Some(url) = emi_url {
+                let event_id = outbox::new_event_id();
+                let kind = if j.state == JobState::Succeeded {
+                    "job.succeeded"
+                } else {
+                    "job.failed"
+                };
+                let mut shown = j.clone();
+                Self::merge_ads_events(tx, &mut shown)?;
+                let payload = serde_json::json!({
+                    "event": kind,
+                    "event_id": event_id,
+                    "job": shown,
+                });
+                outbox::enqueue(tx, &event_id, kind, url, &payload.to_string(), now_ms())?;
+            }
+            Ok(())
+        })
     }
 
     pub fn job(&self, id: &str) -> Result<Option<Job>, DmsStoreError> {
@@ -398,35 +420,6 @@ impl DmsStore {
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// A finished job and, if the EMI is configured, its webhook event, inside `tx`.
-fn finish_job_in(
-    tx: &rusqlite::Transaction<'_>,
-    j: &Job,
-    emi_url: Option<&str>,
-) -> Result<(), DmsStoreError> {
-    tx.execute(
-        "UPDATE jobs SET final = 1, json = ?2 WHERE id = ?1",
-        params![j.id, serde_json::to_string(j)?],
-    )?;
-    if let Some(url) = emi_url {
-        let event_id = outbox::new_event_id();
-        let kind = if j.state == JobState::Succeeded {
-            "job.succeeded"
-        } else {
-            "job.failed"
-        };
-        let mut shown = j.clone();
-        DmsStore::merge_ads_events(tx, &mut shown)?;
-        let payload = serde_json::json!({
-            "event": kind,
-            "event_id": event_id,
-            "job": shown,
-        });
-        outbox::enqueue(tx, &event_id, kind, url, &payload.to_string(), now_ms())?;
-    }
-    Ok(())
 }
 
 fn read_device(conn: &Connection, id: &str) -> Result<Option<Device>, DmsStoreError> {

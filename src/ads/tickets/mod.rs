@@ -420,9 +420,7 @@ impl RequestGuard {
         }
         Some(rx)
     }
-}
 
-impl RequestGuard {
     /// The completion this request caused was not made durable (its commit failed): the
     /// delivery is taken back in memory too, so that memory agrees with storage and the
     /// device's retry can complete the ticket instead of finding it spent. The held frame's
