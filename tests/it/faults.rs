@@ -1,14 +1,11 @@
 //! Faults of the machine under the node: a full disk while uploading, the SQLite file held by
 //! another process. Each gets a clear HTTP answer, nothing half-published, and the node
 //! carries on once the fault is gone.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn files_under(dir: &Path) -> usize {
     if !dir.exists() {

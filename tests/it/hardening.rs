@@ -1,14 +1,11 @@
 //! Abuse limits over real sockets: per-IP connection caps, per-IP request rates (429 with
 //! Retry-After) on the admin API and `/dm`, failed-auth backoff on both, legacy TLS versions
 //! refused at the handshake, certificate reload on SIGHUP, and mutual TLS for the admin API.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use scomo_ads::config::EndpointLimits;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,11 +1,8 @@
 //! Flow 5.4.1, OMA DM download of a software component, over real sockets and TLS: the DMS
 //! notifies the device (package 0), reads DevInfo, chooses the build, delivers it inside the
 //! DM session as a large object, the device acknowledges, and the EMI is notified.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const FW_V2: usize = 200_000; // > the device's 16 KiB MaxMsgSize: many chunks

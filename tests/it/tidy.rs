@@ -1,6 +1,5 @@
 //! House rules, checked: every source file opens with a `//!` doc saying what it is for, and
 //! the pure modules (`syncml/`, `scomo/`, tokens, ranges, coverage, signing) name no I/O crate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,13 +1,10 @@
 //! The `dms` and `device` commands as operators run them: real processes, a fleet of three
 //! devices provisioning themselves, asking for a component, and reporting a summary.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_devices_asks_a_dms_process_for_a_component() {

@@ -1,15 +1,12 @@
 //! Connection behaviour over real sockets: slowloris and idle timeouts, slow-but-steady readers
 //! never cut off, the connection cap, graceful shutdown on SIGTERM, and flat memory while
 //! streaming a 1 GiB component (the real binary, measured from /proc).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -3,11 +3,8 @@
 //! mints a one-time URL, writes it into the device's SCOMO Download node and Execs the
 //! download; the device fetches (resuming on faults, verifying the DMS's hash) and reports;
 //! the ADS's callback and the device's report both reach the DMS; the EMI is told once.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const SIZE: usize = 3 << 20;

@@ -2,14 +2,11 @@
 //! the `standardwebhooks` Python package), delivered at least once through failures and
 //! throttling, expired/revoked events, dead events replayed, validation, a race on the last
 //! range, and survival of `kill -9` mid-download and mid-retry.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 

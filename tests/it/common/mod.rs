@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: a node on 127.0.0.1:0 in a temp dir, HTTP clients
 //! over real TLS trusting its generated certificate, and upload/mint shortcuts.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

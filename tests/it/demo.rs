@@ -1,13 +1,10 @@
 //! The newcomer's commands: `demo` runs every flow and passes; `up` serves ADS + DMS wired
 //! together and prints where.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn demo_runs_every_flow_and_passes() {

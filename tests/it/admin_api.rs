@@ -1,14 +1,11 @@
 //! The admin API over real TLS: authentication, streamed idempotent uploads that publish
 //! nothing partial, deletion rules, minting, metrics, and the CLI driving it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
 
@@ -38,7 +35,7 @@ fn tmp_files(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_v1_route_needs_the_token() {
     // Two dozen refusals in a row: beyond the failed-auth backoff's free tries, which
-    // tests/hardening.rs covers.
+    // hardening.rs covers.
     let node = start_with(|c| c.admin_limits.auth_free_failures = 1000).await;
     let c = client(&node.cert());
     let routes = [

@@ -1,13 +1,10 @@
 //! The download plane over real TLS (HTTP/1.1 and HTTP/2): ranges, conditionals, HEAD,
 //! multipart, resume, token rejection.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use sha2::Digest;

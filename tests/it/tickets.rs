@@ -1,14 +1,11 @@
 //! One-time semantics over real TLS: a ticket completes when every byte has been sent once,
 //! whatever the mix of requests, and is 410 Gone afterwards; cut-off responses, revocation,
 //! expiry with grace, byte budgets and connection limits.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,11 +1,8 @@
 //! Flow 5.4.3, server interactions with SCOMO on the device: the EMI asks for an operation,
 //! the DMS initiates a session and Execs it with a correlator, the device performs it and
 //! reports the SCOMO result asynchronously (Generic Alert 1226), and the EMI is notified.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// A DMS and a device that already holds component `fw` in Delivered (5.4.1 done first).

@@ -1,7 +1,6 @@
 //! The SyncML DM codec against hand-written golden messages (parsed to the expected model and
 //! re-encoded to equivalent XML), encode→decode identity on generated messages, and hostile
 //! input refused with bounded work.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
 use scomo_ads::scomo;
