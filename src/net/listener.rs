@@ -15,7 +15,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -255,14 +255,24 @@ pub async fn serve<S, B>(
                         }
                     };
                     if tls_stream.alpn_protocol() == Some(b"h2") {
+                        // Counted by the graceful drain until this task ends.
+                        let _watcher = watcher;
+                        let activity = Arc::new(Activity::default());
+                        service.activity = Some(activity.clone());
                         let io = TokioIo::new(*tls_stream);
-                        Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned()))
-                            .await
+                        let conn = builder.serve_connection(io, service).into_owned();
+                        Box::pin(serve_until_idle(
+                            conn,
+                            &activity,
+                            policy.idle_timeout,
+                            &shutdown,
+                        ))
+                        .await
                     } else {
                         // Counted by the graceful drain until this task ends.
                         let _watcher = watcher;
-                        // Only parking reads the activity: HTTP/2 and plain connections do
-                        // not pay for recording it on every request.
+                        // Parking reads the activity (and the HTTP/2 idle rule above);
+                        // plain connections do not pay for recording it on every request.
                         let activity = Arc::new(Activity::default());
                         service.activity = Some(activity.clone());
                         parking::serve_http1(
@@ -292,8 +302,50 @@ pub async fn serve<S, B>(
     }
 }
 
+/// Serves an HTTP/2 connection until it ends, closing it gracefully on `shutdown` or once no
+/// request has started (and none has been answering) for `idle`.
+///
+/// Why not the byte-level idle timeout (`TimedIo`) as for HTTP/1.1: on HTTP/2 bytes keep
+/// moving on an idle connection (hyper's keep-alive PINGs and the client's answers), so it
+/// would stay open, with its buffers, for as long as the client lives. Gracefully means
+/// GOAWAY: a stream still sending finishes; the client opens a new connection for its next
+/// request, as HTTP/2 clients do after GOAWAY. Checked four times per `idle`, so the close
+/// comes between `idle` and 1.25 × `idle` after the last request.
+async fn serve_until_idle<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> C::Output {
+    let mut conn = std::pin::pin!(conn);
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    let mut seen = activity.requests().0;
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            out = conn.as_mut() => return out,
+            _ = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                let (started, answering) = activity.requests();
+                if started != seen || answering {
+                    seen = started;
+                    quiet_since = tokio::time::Instant::now();
+                } else if quiet_since.elapsed() >= idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
 /// The service with the peer address added to each request when the policy asks for it, and
-/// each request recorded in the connection's [`Activity`] when it is served through parking.
+/// each request recorded in the connection's [`Activity`] when it is parked (HTTP/1.1 over TLS)
+/// or closed when idle (HTTP/2).
 #[derive(Clone)]
 struct Tagged<S> {
     inner: S,

@@ -51,12 +51,15 @@ pub const PARK_AFTER: Duration = Duration::from_millis(250);
 pub type TlsConn = TlsStream<TimedIo<TcpStream>>;
 
 /// What the connection task needs to know about hyper's progress, shared with the I/O wrapper
-/// and the service (both owned by hyper while it runs). Relaxed atomics: they are only ever
-/// touched from the connection's own task; the atomics make the types `Sync`.
+/// and the service (both owned by hyper while it runs). Relaxed atomics: each is a counter or
+/// a flag read on its own, never a condition spanning two; on HTTP/1.1 they are only touched
+/// from the connection's own task, on HTTP/2 also from its streams' tasks.
 #[derive(Default, Debug)]
 pub struct Activity {
     /// Reads that returned bytes.
     reads: AtomicU64,
+    /// Requests hyper handed the service, ever.
+    requests: AtomicU64,
     /// Service futures not yet resolved.
     in_flight: AtomicU32,
     /// A request carried a body: never park this connection.
@@ -85,7 +88,17 @@ impl Activity {
             self.had_body.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Requests started so far, and whether one is still being answered (its response head
+    /// not yet handed to hyper): the HTTP/2 idle rule's view (`listener::serve_until_idle`).
+    pub(crate) fn requests(&self) -> (u64, bool) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed) > 0,
+        )
     }
 }
 

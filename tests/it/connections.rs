@@ -1,6 +1,7 @@
-//! Connection behaviour over real sockets: slowloris and idle timeouts, slow-but-steady readers
-//! never cut off, the connection cap, graceful shutdown on SIGTERM, and flat memory while
-//! streaming a 1 GiB component (the real binary, measured from /proc).
+//! Connection behaviour over real sockets: slowloris and idle timeouts (HTTP/2's counted in
+//! requests, since its PINGs keep bytes moving), slow-but-steady readers never cut off, the
+//! connection cap, graceful shutdown on SIGTERM, and flat memory while streaming a 1 GiB
+//! component (the real binary, measured from /proc).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -422,5 +423,109 @@ async fn shutdown_closes_parked_connections_without_waiting_for_the_grace_period
     assert!(
         closed_within(&mut s, 5).await,
         "a parked connection held shutdown up"
+    );
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/2 connection over TLS through hyper's client, which answers the node's keep-alive
+/// PINGs as any HTTP/2 client does. The task ends when the node closes the connection.
+async fn h2_connect(node: &Node) -> (H2Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let mut config = scomo_ads::net::tls::client_config_trusting(&node.cert()).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(node.handle.download_addr)
+        .await
+        .unwrap();
+    let tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+fn h2_get(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!("https://localhost{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// Bytes keep moving on an idle HTTP/2 connection (the node's PINGs and the client's
+/// answers), so the byte-level idle timeout alone would hold it open for as long as the client
+/// lives. With no request started for the idle timeout, the node sends GOAWAY and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_though_it_answers_pings() {
+    let node = start_with(|c| c.idle_timeout_secs = 2).await;
+    let (mut send, conn) = h2_connect(&node).await;
+    let resp = send.send_request(h2_get("/healthz")).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let t0 = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection with no request for 10 s (idle timeout 2 s) is still open"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+}
+
+/// The idle close of an HTTP/2 connection counts requests, not bytes: a connection asking
+/// every 700 ms is never closed, and a stream still sending when the idle time runs out
+/// finishes (GOAWAY stops new streams only) before the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_in_use_is_not_closed_and_its_last_stream_finishes() {
+    let node = start_with(|c| {
+        c.idle_timeout_secs = 2;
+        c.chunk_bytes = 64 * 1024;
+    })
+    .await;
+    let data = pattern(4 << 20, 9);
+    let meta = node.publish(data.clone(), "h2slow", "1").await;
+    let path = path_of(&node.mint(&meta.id, 600).await.url);
+    let (mut send, conn) = h2_connect(&node).await;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let resp = send.send_request(h2_get("/healthz")).await.unwrap();
+        assert_eq!(resp.status(), 404);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(!conn.is_finished(), "a connection in use was closed");
+    // One slow download: 64 KiB every 100 ms, about 6.4 s, three times the idle timeout.
+    let resp = send.send_request(h2_get(&path)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let mut refused_mid_stream = false;
+    let t0 = std::time::Instant::now();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.unwrap_or_else(|e| panic!("cut after {} bytes: {e}", got.len()));
+        if let Some(chunk) = frame.data_ref() {
+            got.extend_from_slice(chunk);
+            if got.len() % (64 * 1024) < chunk.len() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Past the idle time the node has said GOAWAY: a new stream is refused while this
+        // one goes on.
+        if !refused_mid_stream && t0.elapsed() > Duration::from_secs(4) && got.len() < data.len() {
+            let next = send.send_request(h2_get("/healthz")).await;
+            assert!(
+                next.is_err(),
+                "a new stream was accepted after the idle time"
+            );
+            refused_mid_stream = true;
+        }
+    }
+    assert!(refused_mid_stream, "the download was not slow enough");
+    assert!(got == data, "the slow stream's body differs");
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the idle connection stayed open after its last stream"
     );
 }
