@@ -15,11 +15,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::h2_idle::{serve_until_idle, ReleasingIo};
 use super::parking::{self, Activity, Tracked};
 use super::proxy_header;
 use super::timed_io::TimedIo;
@@ -68,6 +69,9 @@ pub struct ConnectionGauge {
     pub refused_per_ip: AtomicU64,
     /// Open connections parked between requests (see [`parking`]).
     pub parked: AtomicU64,
+    /// Open HTTP/2 connections quiet between requests, their TLS buffers freed (see
+    /// [`super::h2_idle`]).
+    pub quiet_h2: AtomicU64,
 }
 
 /// Open connections per client IP. A std mutex: held for one map update, never across an await.
@@ -259,7 +263,11 @@ pub async fn serve<S, B>(
                         let _watcher = watcher;
                         let activity = Arc::new(Activity::default());
                         service.activity = Some(activity.clone());
-                        let io = TokioIo::new(*tls_stream);
+                        let io = TokioIo::new(ReleasingIo::new(
+                            tls_stream,
+                            activity.clone(),
+                            gauge.clone(),
+                        ));
                         let conn = builder.serve_connection(io, service).into_owned();
                         Box::pin(serve_until_idle(
                             conn,
@@ -271,7 +279,7 @@ pub async fn serve<S, B>(
                     } else {
                         // Counted by the graceful drain until this task ends.
                         let _watcher = watcher;
-                        // Parking reads the activity (and the HTTP/2 idle rule above);
+                        // Parking reads the activity (and `h2_idle`, above);
                         // plain connections do not pay for recording it on every request.
                         let activity = Arc::new(Activity::default());
                         service.activity = Some(activity.clone());
@@ -299,47 +307,6 @@ pub async fn serve<S, B>(
         .is_err()
     {
         tracing::warn!("shutdown grace period over; dropping remaining connections");
-    }
-}
-
-/// Serves an HTTP/2 connection until it ends, closing it gracefully on `shutdown` or once no
-/// request has started (and none has been answering) for `idle`.
-///
-/// Why not the byte-level idle timeout (`TimedIo`) as for HTTP/1.1: on HTTP/2 bytes keep
-/// moving on an idle connection (hyper's keep-alive PINGs and the client's answers), so it
-/// would stay open, with its buffers, for as long as the client lives. Gracefully means
-/// GOAWAY: a stream still sending finishes; the client opens a new connection for its next
-/// request, as HTTP/2 clients do after GOAWAY. Checked four times per `idle`, so the close
-/// comes between `idle` and 1.25 × `idle` after the last request.
-async fn serve_until_idle<C: GracefulConnection>(
-    conn: C,
-    activity: &Activity,
-    idle: Duration,
-    shutdown: &CancellationToken,
-) -> C::Output {
-    let mut conn = std::pin::pin!(conn);
-    let tick = (idle / 4).max(Duration::from_millis(50));
-    let mut seen = activity.requests().0;
-    let mut quiet_since = tokio::time::Instant::now();
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            out = conn.as_mut() => return out,
-            _ = shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tokio::time::sleep(tick), if !closing => {
-                let (started, answering) = activity.requests();
-                if started != seen || answering {
-                    seen = started;
-                    quiet_since = tokio::time::Instant::now();
-                } else if quiet_since.elapsed() >= idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        }
     }
 }
 

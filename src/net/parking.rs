@@ -60,6 +60,9 @@ pub struct Activity {
     reads: AtomicU64,
     /// Requests hyper handed the service, ever.
     requests: AtomicU64,
+    /// HTTP/2: no request for a while; the TLS stream's buffers are freed after each read
+    /// that finds nothing, until bytes arrive (`h2_idle`).
+    quiet: AtomicBool,
     /// Service futures not yet resolved.
     in_flight: AtomicU32,
     /// A request carried a body: never park this connection.
@@ -92,8 +95,26 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// HTTP/2: marks the connection quiet (see the field).
+    pub(crate) fn set_quiet(&self) {
+        self.quiet.store(true, Ordering::Relaxed);
+    }
+
+    /// HTTP/2: whether the connection is marked quiet.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/2: bytes arrived; the connection is no longer quiet.
+    pub(crate) fn clear_quiet(&self) {
+        // Load first: a read on a busy connection must not write a shared cache line.
+        if self.quiet.load(Ordering::Relaxed) {
+            self.quiet.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Requests started so far, and whether one is still being answered (its response head
-    /// not yet handed to hyper): the HTTP/2 idle rule's view (`listener::serve_until_idle`).
+    /// not yet handed to hyper): the HTTP/2 idle rule's view (`h2_idle::serve_until_idle`).
     pub(crate) fn requests(&self) -> (u64, bool) {
         (
             self.requests.load(Ordering::Relaxed),

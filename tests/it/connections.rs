@@ -328,8 +328,13 @@ const PARKED: &str = "scomo_ads_parked_connections{listener=\"download\"}";
 
 /// Polls the parked-connections gauge until it reads `want`; false if it never does in 5 s.
 async fn parked_becomes(node: &Node, want: u64) -> bool {
+    metric_becomes(node, PARKED, want).await
+}
+
+/// Polls a metric until it reads `want`; false if it never does in 5 s.
+async fn metric_becomes(node: &Node, name: &str, want: u64) -> bool {
     for _ in 0..50 {
-        if node.metric(PARKED).await == want {
+        if node.metric(name).await == want {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -528,4 +533,27 @@ async fn an_http2_connection_in_use_is_not_closed_and_its_last_stream_finishes()
         ended.is_ok(),
         "the idle connection stayed open after its last stream"
     );
+}
+
+const QUIET_H2: &str = "scomo_ads_quiet_http2_connections{listener=\"download\"}";
+
+/// A quiet HTTP/2 connection keeps h2's state but frees the TLS stream's buffers; it still
+/// serves what comes next, and goes quiet again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_http2_connection_frees_its_tls_buffers_and_still_serves() {
+    let node = start_with(|c| c.idle_timeout_secs = 3).await;
+    let (mut send, conn) = h2_connect(&node).await;
+    for round in 0..3 {
+        let resp = send.send_request(h2_get("/healthz")).await.unwrap();
+        assert_eq!(resp.status(), 404, "round {round}");
+        assert!(
+            metric_becomes(&node, QUIET_H2, 1).await,
+            "round {round}: the quiet HTTP/2 connection kept its TLS buffers"
+        );
+    }
+    // The GOAWAY at the idle timeout ends it, and the gauge with it.
+    assert!(tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .is_ok());
+    assert!(metric_becomes(&node, QUIET_H2, 0).await);
 }
