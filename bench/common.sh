@@ -2,6 +2,7 @@
 # a work directory and a cleanup that stops only the processes the script started.
 #
 #   bench_setup NAME TOOL:PACKAGE ...    -> BIN, WORK, PIDS (append every started PID)
+#   bench_node, bench_nginx, ng_sign     -> a node or nginx serving the same 1 KiB object (below)
 
 bench_setup() {
   local name=$1; shift
@@ -32,6 +33,28 @@ bench_cleanup() {
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
 # to_ms: wrk's latency with its unit -> milliseconds
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000}}'; }
+
+# bench_node NAME BINARY PORT [PREFIX]: a fresh scomo-ads node in $WORK/NAME on 127.0.0.1:PORT
+# (admin API on PORT+1), per-IP limits lifted (every load comes from 127.0.0.1), serving
+# $WORK/www/files/1k.bin through a reusable ticket. PREFIX (say `taskset -c 1`) runs it under
+# another command. Sets NODE_PID and NODE_URL; its certificate is $WORK/NAME/tls/cert.pem.
+bench_node() {
+  local name=$1 bin=$2 port=$3 prefix=${4:-}
+  local admin="https://127.0.0.1:$((port + 1))" ca="$WORK/$name/tls/cert.pem" token id
+  printf '[ads]\nmax_connections_per_ip = 0\n[ads.admin_limits]\nrequests_per_sec = 0\n' > "$WORK/node.toml"
+  rm -rf "${WORK:?}/$name"
+  $prefix "$bin" serve --data "$WORK/$name" --config "$WORK/node.toml" --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$((port + 1))" --cache-mb 512 > "$WORK/$name.log" 2>&1 &
+  NODE_PID=$!; PIDS+=($!)
+  for _ in $(seq 100); do grep -q '^ready' "$WORK/$name.log" && break; sleep 0.1; done
+  token=$(cat "$WORK/$name/admin.token")
+  id=$(curl -sS --cacert "$ca" -H "Authorization: Bearer $token" \
+    --data-binary @"$WORK/www/files/1k.bin" "$admin/v1/components?name=1k&version=1" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  NODE_URL=$(curl -sS --cacert "$ca" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+    -d "{\"component\":\"$id\",\"ttl_secs\":86400,\"max_deliveries\":4000000000}" "$admin/v1/tickets" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
+}
 
 # bench_nginx TLS_ADDR HTTP_ADDR SECRET [PREFIX]: nginx serving $WORK/www over TLS 1.3 (X25519,
 # HTTP/1.1 and HTTP/2) and plain HTTP, with the node's certificate ($WORK/cert.pem and

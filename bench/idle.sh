@@ -15,28 +15,14 @@ RUNS=${RUNS:-3}
 N=${N:-10000}
 . bench/common.sh
 bench_setup idle nginx:nginx curl:curl openssl:openssl python3:python3
-printf '[ads]\nmax_connections_per_ip = 0\n[ads.admin_limits]\nrequests_per_sec = 0\n' > "$WORK/ours.toml"
 mkdir -p "$WORK/www/files"
 head -c 1024 /dev/urandom > "$WORK/www/files/1k.bin"
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # ours_start: a fresh node serving the 1 KiB object; sets OURS_PID, OURS_PATH, CA.
 ours_start() {
-  rm -rf "$WORK/ours"
-  "$BIN" serve --data "$WORK/ours" --config "$WORK/ours.toml" --listen 127.0.0.1:32443 \
-    --admin-listen 127.0.0.1:32444 --cache-mb 512 > "$WORK/ours.log" 2>&1 &
-  OURS_PID=$!; PIDS+=($!)
-  for _ in $(seq 100); do grep -q '^ready' "$WORK/ours.log" && break; sleep 0.1; done
-  CA="$WORK/ours/tls/cert.pem"
-  local token id url admin=https://127.0.0.1:32444
-  token=$(cat "$WORK/ours/admin.token")
-  id=$(curl -sS --cacert "$CA" -H "Authorization: Bearer $token" \
-    --data-binary @"$WORK/www/files/1k.bin" "$admin/v1/components?name=1k&version=1" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  url=$(curl -sS --cacert "$CA" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
-    -d "{\"component\":\"$id\",\"ttl_secs\":86400,\"max_deliveries\":4000000000}" "$admin/v1/tickets" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
-  OURS_PATH="/d/${url##*/d/}"
+  bench_node ours "$BIN" 32443
+  OURS_PID=$NODE_PID; OURS_PATH="/d/${NODE_URL##*/d/}"; CA="$WORK/ours/tls/cert.pem"
   cp "$WORK/ours/tls/cert.pem" "$WORK/cert.pem"; cp "$WORK/ours/tls/key.pem" "$WORK/key.pem"
 }
 nginx_rss() {

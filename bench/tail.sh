@@ -21,24 +21,11 @@ if [ -n "${PIN:-}" ]; then SRV="taskset -c 1"; WRK="taskset -c 0"; fi
 
 mkdir -p "$WORK/www/files"
 head -c 1024 /dev/urandom > "$WORK/www/files/1k.bin"
-printf '[ads]\nmax_connections_per_ip = 0\n[ads.admin_limits]\nrequests_per_sec = 0\n' > "$WORK/ours.toml"
-
 declare -A URL SERVER_PID
 # start_node NAME BINARY PORT: a node serving the 1 KiB object through a reusable ticket.
 start_node() {
-  local name=$1 bin=$2 port=$3
-  $SRV "$bin" serve --data "$WORK/$name" --config "$WORK/ours.toml" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$((port + 1))" --cache-mb 512 > "$WORK/$name.log" 2>&1 &
-  SERVER_PID[$name]=$!; PIDS+=($!)
-  for _ in $(seq 100); do grep -q '^ready' "$WORK/$name.log" && break; sleep 0.1; done
-  local ca="$WORK/$name/tls/cert.pem" token; token=$(cat "$WORK/$name/admin.token")
-  local admin="https://127.0.0.1:$((port + 1))"
-  local id; id=$(curl -sS --cacert "$ca" -H "Authorization: Bearer $token" \
-    --data-binary @"$WORK/www/files/1k.bin" "$admin/v1/components?name=1k&version=1" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  URL[$name]=$(curl -sS --cacert "$ca" -H "Authorization: Bearer $token" -H 'content-type: application/json' \
-    -d "{\"component\":\"$id\",\"ttl_secs\":86400,\"max_deliveries\":4000000000}" "$admin/v1/tickets" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
+  bench_node "$1" "$2" "$3" "$SRV"
+  SERVER_PID[$1]=$NODE_PID; URL[$1]=$NODE_URL
 }
 start_node ours "$BIN" 28443
 ORDER=(ours nginx)
