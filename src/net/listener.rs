@@ -258,11 +258,13 @@ pub async fn serve<S, B>(
                             return;
                         }
                     };
+                    // Counted by the graceful drain until this task ends.
+                    let _watcher = watcher;
+                    // Parking and `h2_idle` read the activity; plain connections do not pay
+                    // for recording it on every request.
+                    let activity = Arc::new(Activity::default());
+                    service.activity = Some(activity.clone());
                     if tls_stream.alpn_protocol() == Some(b"h2") {
-                        // Counted by the graceful drain until this task ends.
-                        let _watcher = watcher;
-                        let activity = Arc::new(Activity::default());
-                        service.activity = Some(activity.clone());
                         let io = TokioIo::new(ReleasingIo::new(
                             tls_stream,
                             activity.clone(),
@@ -277,12 +279,6 @@ pub async fn serve<S, B>(
                         ))
                         .await
                     } else {
-                        // Counted by the graceful drain until this task ends.
-                        let _watcher = watcher;
-                        // Parking reads the activity (and `h2_idle`, above);
-                        // plain connections do not pay for recording it on every request.
-                        let activity = Arc::new(Activity::default());
-                        service.activity = Some(activity.clone());
                         parking::serve_http1(
                             tls_stream, &http1, service, activity, &gauge, &shutdown,
                         )

@@ -51,9 +51,10 @@ pub const PARK_AFTER: Duration = Duration::from_millis(250);
 pub type TlsConn = TlsStream<TimedIo<TcpStream>>;
 
 /// What the connection task needs to know about hyper's progress, shared with the I/O wrapper
-/// and the service (both owned by hyper while it runs). Relaxed atomics: each is a counter or
-/// a flag read on its own, never a condition spanning two; on HTTP/1.1 they are only touched
-/// from the connection's own task, on HTTP/2 also from its streams' tasks.
+/// and the service (both owned by hyper while it runs). Relaxed atomics: on HTTP/1.1 they are
+/// only touched from the connection's own task; on HTTP/2 the streams' tasks count requests
+/// too, and a stale read there only moves a buffer release or the idle GOAWAY by one tick
+/// (both safe at any time: only empty buffers are freed, and GOAWAY lets streams finish).
 #[derive(Default, Debug)]
 pub struct Activity {
     /// Reads that returned bytes.
