@@ -215,8 +215,9 @@ pub struct AdsConfig {
     /// A connection with no byte moving either way for this long is closed (idle keep-alive,
     /// or a reader that stopped reading). Progress resets it: slow devices are never cut off.
     /// Idle HTTP/1.1 keep-alive connections wait this long, parked (`net::parking`). An HTTP/2
-    /// connection is sent GOAWAY once no request has started for this long: its keep-alive
-    /// PINGs keep bytes moving, so the byte rule alone would never close it.
+    /// connection over TLS is sent GOAWAY once no request has started for this long: its
+    /// keep-alive PINGs keep bytes moving, so the byte rule alone would never close it. Plain
+    /// HTTP/2 gets no PINGs, so the byte rule does.
     pub idle_timeout_secs: u64,
     /// TLS handshakes must finish within this many seconds.
     pub handshake_timeout_secs: u64,

@@ -147,6 +147,12 @@ pub async fn serve<S, B>(
         .max_header_list_size(u32::try_from(policy.max_head_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(policy.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
+    if tls.is_none() {
+        // Plain HTTP/2 (prior knowledge) is closed by `TimedIo`'s byte rule alone, with no
+        // `h2_idle` to count requests: PINGs of ours, answered, would keep an idle connection
+        // open for as long as its client lives. A dead peer is still found by that rule.
+        builder.http2().keep_alive_interval(None);
+    }
     let builder = Arc::new(builder);
     // HTTP/1.1 over TLS is served directly by hyper's http1 connection, configured as the
     // auto builder's, so that idle keep-alive connections can be parked (see `parking`).

@@ -557,3 +557,29 @@ async fn a_quiet_http2_connection_frees_its_tls_buffers_and_still_serves() {
         .is_ok());
     assert!(metric_becomes(&node, QUIET_H2, 0).await);
 }
+
+/// Plain HTTP/2 (prior knowledge, on the plain-HTTP listener) has no request-counting idle
+/// rule: the node sends it no PINGs, so an idle one goes quiet and the byte rule closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_plain_http2_connection_is_closed() {
+    let node = start_with(|c| c.idle_timeout_secs = 2).await;
+    let tcp = tokio::net::TcpStream::connect(node.handle.http_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = send.send_request(h2_get("/healthz")).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let t0 = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "a plain HTTP/2 connection with no request for 10 s (idle timeout 2 s) is still open"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+}
