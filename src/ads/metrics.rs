@@ -138,14 +138,34 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP scomo_ads_tickets_cached Tickets held in memory.\n# TYPE scomo_ads_tickets_cached gauge\nscomo_ads_tickets_cached {tickets_cached}\n# HELP scomo_ads_open_connections Open connections by listener.\n# TYPE scomo_ads_open_connections gauge\nscomo_ads_open_connections{{listener=\"download\"}} {}\nscomo_ads_open_connections{{listener=\"admin\"}} {}\n# HELP scomo_ads_parked_connections Open HTTP/1.1 connections idle between requests, holding no HTTP state.\n# TYPE scomo_ads_parked_connections gauge\nscomo_ads_parked_connections{{listener=\"download\"}} {}\nscomo_ads_parked_connections{{listener=\"admin\"}} {}\n# HELP scomo_ads_quiet_http2_connections Open HTTP/2 connections idle between requests, their TLS buffers freed.\n# TYPE scomo_ads_quiet_http2_connections gauge\nscomo_ads_quiet_http2_connections{{listener=\"download\"}} {}\nscomo_ads_quiet_http2_connections{{listener=\"admin\"}} {}",
-            r(&self.download_connections.open),
-            r(&self.admin_connections.open),
-            r(&self.download_connections.parked),
-            r(&self.admin_connections.parked),
-            r(&self.download_connections.quiet_h2),
-            r(&self.admin_connections.quiet_h2)
+            "# HELP scomo_ads_tickets_cached Tickets held in memory.\n# TYPE scomo_ads_tickets_cached gauge\nscomo_ads_tickets_cached {tickets_cached}"
         );
+        type Field = fn(&ConnectionGauge) -> &AtomicU64;
+        let per_listener: [(&str, &str, Field); 3] = [
+            (
+                "scomo_ads_open_connections",
+                "Open connections by listener.",
+                |g| &g.open,
+            ),
+            (
+                "scomo_ads_parked_connections",
+                "Open HTTP/1.1 connections idle between requests, holding no HTTP state.",
+                |g| &g.parked,
+            ),
+            (
+                "scomo_ads_quiet_http2_connections",
+                "Open HTTP/2 connections idle between requests, their TLS buffers freed.",
+                |g| &g.quiet_h2,
+            ),
+        ];
+        for (name, help, field) in per_listener {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{listener=\"download\"}} {}\n{name}{{listener=\"admin\"}} {}",
+                r(field(&self.download_connections)),
+                r(field(&self.admin_connections))
+            );
+        }
         out
     }
 }
