@@ -93,6 +93,8 @@ pub struct AdsHandle {
     pub admin_token_generated: bool,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Responses whose last bytes wait for the device's acknowledgement.
+    settles: tokio_util::task::TaskTracker,
 }
 
 impl AdsHandle {
@@ -101,9 +103,18 @@ impl AdsHandle {
         self.shutdown.cancel();
     }
 
-    /// Waits until every listener has drained.
+    /// Waits until every listener has drained, then (bounded) until what the drained
+    /// responses sent has been acknowledged or given up, so their deliveries are recorded.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        self.settles.close();
+        let bound = download::delivery::LINGER + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.settles.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopped before every delivery was acknowledged");
+        }
     }
 }
 
@@ -211,6 +222,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         wake: callback_wake.clone(),
         stats: metrics.callbacks.clone(),
     };
+    let settles = tokio_util::task::TaskTracker::new();
     let plane = Arc::new(DownloadPlane {
         keyring,
         tickets: tickets.clone(),
@@ -218,6 +230,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         metrics: metrics.clone(),
         max_ranges: config.max_ranges,
         access_log: config.access_log,
+        settles: settles.clone(),
     });
     let policy = ConnectionPolicy {
         max_connections: config.max_connections,
@@ -231,6 +244,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         max_head_bytes: config.max_request_head_bytes,
         max_headers: config.max_request_headers,
         tag_peer: false,
+        track_delivery: true,
     };
     let state = Arc::new(AdsState {
         config: config.clone(),
@@ -255,9 +269,14 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         Duration::from_secs(config.sweep_interval_secs),
         shutdown.clone(),
     ));
+    // Each download connection's service carries that connection's wire, so a response can
+    // tell what the device has acknowledged.
     let download_service = {
         let plane = plane.clone();
-        hyper::service::service_fn(move |req| plane.clone().handle(req))
+        move |wire: Option<Arc<crate::net::wire::Wire>>| {
+            let plane = plane.clone();
+            hyper::service::service_fn(move |req| plane.clone().handle(req, wire.clone()))
+        }
     };
     tasks.spawn(listener::serve(
         download_listener,
@@ -281,9 +300,10 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     tasks.spawn(listener::serve(
         admin_listener,
         Some(admin_tls),
-        admin_service,
+        move |_| admin_service.clone(),
         ConnectionPolicy {
             tag_peer: true,
+            track_delivery: false,
             // Uploads stream through this buffer: larger reads, fewer syscalls.
             max_head_bytes: ADMIN_READ_BUFFER,
             // The DMS and operators reach the admin API directly, not through the balancer.
@@ -306,6 +326,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         admin_token_generated,
         shutdown,
         tasks,
+        settles,
     })
 }
 

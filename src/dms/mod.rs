@@ -183,6 +183,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         max_head_bytes: 64 * 1024,
         max_headers: 100,
         tag_peer: true,
+        track_delivery: false,
     };
     let dispatcher = webhook::deliver::Dispatcher {
         outbox: Arc::new(webhook::outbox::Outbox::open(store.db_path())?),
@@ -223,7 +224,10 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     tasks.spawn(listener::serve(
         dm_listener,
         Some(tls_config.clone()),
-        dm_service.clone(),
+        {
+            let dm_service = dm_service.clone();
+            move |_| dm_service.clone()
+        },
         policy.clone(),
         Arc::new(ConnectionGauge::default()),
         shutdown.clone(),
@@ -232,7 +236,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         tasks.spawn(listener::serve(
             l,
             None,
-            dm_service,
+            move |_| dm_service.clone(),
             policy.clone(),
             Arc::new(ConnectionGauge::default()),
             shutdown.clone(),
@@ -241,7 +245,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     tasks.spawn(listener::serve(
         api_listener,
         Some(tls_config),
-        api_service,
+        move |_| api_service.clone(),
         policy,
         Arc::new(ConnectionGauge::default()),
         shutdown.clone(),

@@ -25,6 +25,7 @@ use super::parking::{self, Activity, Tracked};
 use super::proxy_header;
 use super::timed_io::TimedIo;
 use super::tls_stream;
+use super::wire::Wire;
 
 /// Per-listener connection policy.
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ pub struct ConnectionPolicy {
     /// the per-IP request limits of command endpoints. Off on the download plane, where it
     /// would cost an allocation per request and nothing reads it.
     pub tag_peer: bool,
+    /// Keep a [`Wire`] per connection, so that responses can tell what the peer has
+    /// acknowledged (the download plane: "delivered" means the device has the bytes).
+    pub track_delivery: bool,
 }
 
 /// Open-connection gauge shared with the metrics endpoint.
@@ -113,15 +117,18 @@ impl Drop for PerIpSlot {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` fires, then drains for up to the grace period.
-pub async fn serve<S, B>(
+/// Serves on `listener` until `shutdown` fires, then drains for up to the grace period. Each
+/// connection gets the service `make_service` returns for it, given the connection's [`Wire`]
+/// when the policy tracks delivery.
+pub async fn serve<M, S, B>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    service: S,
+    make_service: M,
     policy: ConnectionPolicy,
     gauge: Arc<ConnectionGauge>,
     shutdown: CancellationToken,
 ) where
+    M: Fn(Option<Arc<Wire>>) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -167,6 +174,7 @@ pub async fn serve<S, B>(
     let policy = Arc::new(policy);
     let per_ip = Arc::new(PerIp::default());
     let graceful = GracefulShutdown::new();
+    let make_service = Arc::new(make_service);
 
     loop {
         let permit = tokio::select! {
@@ -198,7 +206,10 @@ pub async fn serve<S, B>(
         let builder = builder.clone();
         let http1 = http1.clone();
         let shutdown = shutdown.clone();
-        let service = service.clone();
+        let wire = policy
+            .track_delivery
+            .then(|| Arc::new(Wire::for_socket(&stream)));
+        let service = make_service(wire.clone());
         let per_ip = per_ip.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -206,6 +217,8 @@ pub async fn serve<S, B>(
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenGuard(gauge.clone());
+            // However this task ends, the wire learns that nothing more will be written.
+            let _wire_closed = WireClosed(wire.clone());
             let (mut stream, mut peer) = (stream, peer);
             // Behind a balancer the TCP peer is the balancer: the client is in the header.
             if policy.proxy_protocol {
@@ -251,7 +264,7 @@ pub async fn serve<S, B>(
                 Some(config) => {
                     let handshake = Box::pin(tokio::time::timeout(
                         policy.handshake_timeout,
-                        tls_stream::accept(config, TimedIo::new(stream, policy.idle_timeout)),
+                        tls_stream::accept(config, TimedIo::new(stream, policy.idle_timeout), wire),
                     ));
                     let tls_stream = match handshake.await {
                         Ok(Ok(s)) => Box::new(s),
@@ -293,7 +306,8 @@ pub async fn serve<S, B>(
                     }
                 }
                 None => {
-                    let io = TokioIo::new(TimedIo::new(stream, policy.idle_timeout));
+                    let io =
+                        TokioIo::new(TimedIo::new(stream, policy.idle_timeout).with_wire(wire));
                     Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned()))
                         .await
                 }
@@ -344,6 +358,16 @@ where
 }
 
 struct OpenGuard(Arc<ConnectionGauge>);
+
+struct WireClosed(Option<Arc<Wire>>);
+
+impl Drop for WireClosed {
+    fn drop(&mut self) {
+        if let Some(wire) = &self.0 {
+            wire.close();
+        }
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {

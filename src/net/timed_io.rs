@@ -10,11 +10,14 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::wire::Wire;
 
 /// Wraps `T`, failing reads and writes with `TimedOut` after `limit` without progress.
 pub struct TimedIo<T> {
@@ -22,6 +25,9 @@ pub struct TimedIo<T> {
     limit: Duration,
     last_progress: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Told of every byte written, when this is the layer that writes plaintext to the socket
+    /// (plain HTTP download connections).
+    wire: Option<Arc<Wire>>,
 }
 
 impl<T> TimedIo<T> {
@@ -32,6 +38,22 @@ impl<T> TimedIo<T> {
             limit,
             last_progress: now,
             timer: Box::pin(tokio::time::sleep_until(now + limit)),
+            wire: None,
+        }
+    }
+
+    /// Reports what is written and flushed to `wire` (see [`Wire`]).
+    pub fn with_wire(mut self, wire: Option<Arc<Wire>>) -> Self {
+        self.wire = wire;
+        self
+    }
+
+    fn wrote(&mut self, n: usize) {
+        if n > 0 {
+            self.progressed();
+            if let Some(wire) = &self.wire {
+                wire.wrote(n, n, None);
+            }
         }
     }
 
@@ -100,9 +122,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.progressed();
-                }
+                this.wrote(n);
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -121,9 +141,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.progressed();
-                }
+                this.wrote(n);
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -145,6 +163,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
                 Ok(()) => Poll::Pending,
                 Err(e) => Poll::Ready(Err(e)),
             },
+            Poll::Ready(Ok(())) => {
+                if let Some(wire) = &this.wire {
+                    wire.flushed();
+                }
+                Poll::Ready(Ok(()))
+            }
             other => other,
         }
     }

@@ -28,6 +28,8 @@ use rustls::unbuffered::{
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::wire::Wire;
+
 /// Plaintext taken per write call (four full records; up to one more to avoid a short tail).
 pub const MAX_WRITE: usize = 64 * 1024;
 /// Vectored writes at most this long (one full record) are gathered into a single record.
@@ -45,7 +47,14 @@ const MAX_FRAGMENT: usize = 16 * 1024;
 
 /// Accepts a TLS connection on `io`: runs the handshake to completion and returns the stream
 /// ready for application data.
-pub async fn accept<IO>(config: Arc<ServerConfig>, io: IO) -> io::Result<TlsStream<IO>>
+///
+/// `wire`, when given, is told how every byte sent maps onto plaintext (see [`Wire`]), from
+/// the first handshake byte on, so that it can say what the peer has acknowledged.
+pub async fn accept<IO>(
+    config: Arc<ServerConfig>,
+    io: IO,
+    wire: Option<Arc<Wire>>,
+) -> io::Result<TlsStream<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -54,7 +63,10 @@ where
         io,
         conn,
         incoming: Incoming::default(),
-        outgoing: Outgoing::default(),
+        outgoing: Outgoing {
+            wire,
+            ..Outgoing::default()
+        },
         plaintext: Plaintext::default(),
         gather: Vec::new(),
         peer_closed: false,
@@ -103,7 +115,7 @@ impl<IO> TlsStream<IO> {
             self.incoming.buf = Vec::new();
         }
         if self.outgoing.is_empty() {
-            self.outgoing = Outgoing::default();
+            self.outgoing.release();
         }
         if self.plaintext.is_empty() {
             self.plaintext = Plaintext::default();
@@ -395,6 +407,9 @@ fn encrypt_slice(
         match writer.encrypt(data, outgoing.spare(need)) {
             Ok(n) => {
                 outgoing.commit(n);
+                if let Some(wire) = &outgoing.wire {
+                    wire.wrote(data.len(), n, Some(MAX_FRAGMENT));
+                }
                 return Ok(());
             }
             Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
@@ -414,7 +429,7 @@ fn close_notify(
     let n = writer
         .queue_close_notify(outgoing.spare(64))
         .map_err(io::Error::other)?;
-    outgoing.commit(n);
+    outgoing.commit_control(n);
     Ok(Outcome::Wrote(0))
 }
 
@@ -474,9 +489,18 @@ struct Outgoing {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Told what every committed byte carries (download connections only).
+    wire: Option<Arc<Wire>>,
 }
 
 impl Outgoing {
+    /// Frees the buffer (nothing is pending).
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.end = 0;
+    }
+
     fn is_empty(&self) -> bool {
         self.start == self.end
     }
@@ -502,12 +526,20 @@ impl Outgoing {
         self.end += n;
     }
 
+    /// Commits bytes that carry no application data (handshake, alerts).
+    fn commit_control(&mut self, n: usize) {
+        self.commit(n);
+        if let Some(wire) = &self.wire {
+            wire.wrote_control(n);
+        }
+    }
+
     /// Appends the handshake (or alert) record rustls has ready, with room for it.
     fn encode(&mut self, record: &mut EncodeTlsData<'_, ServerConnectionData>) {
         let mut need = 512;
         loop {
             match record.encode(self.spare(need)) {
-                Ok(n) => return self.commit(n),
+                Ok(n) => return self.commit_control(n),
                 Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
                     need = required_size
                 }
@@ -601,7 +633,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.outgoing.poll_flush(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        if let Some(wire) = &this.outgoing.wire {
+            wire.flushed();
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -658,7 +694,8 @@ mod tests {
         let (s, c) = tokio::io::duplex(pipe);
         let connector = tokio_rustls::TlsConnector::from(client_config);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let (server, client) = tokio::join!(accept(server_config, s), connector.connect(name, c));
+        let (server, client) =
+            tokio::join!(accept(server_config, s, None), connector.connect(name, c));
         (server.unwrap(), client.unwrap())
     }
 
@@ -763,7 +800,7 @@ mod tests {
         let (s, c) = tokio::io::duplex(7);
         let (request, response) = (pattern(40_000), pattern(70_000));
         let serve = async {
-            let mut server = accept(server_config, s).await.unwrap();
+            let mut server = accept(server_config, s, None).await.unwrap();
             let mut got = vec![0; request.len()];
             server.read_exact(&mut got).await.unwrap();
             assert_eq!(got, request);
@@ -820,7 +857,7 @@ mod tests {
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let err = accept(server_config.clone(), s).await.err().unwrap();
+        let err = accept(server_config.clone(), s, None).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         // The alert rustls queued went out.
         let mut alert = [0u8; 1];
@@ -829,7 +866,7 @@ mod tests {
 
         let (s, c) = tokio::io::duplex(4096);
         drop(c);
-        let err = accept(server_config, s).await.err().unwrap();
+        let err = accept(server_config, s, None).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 

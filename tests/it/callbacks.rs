@@ -129,6 +129,7 @@ async fn revoked_and_expired_events_report_how_far_the_device_got() {
             .await
             .unwrap();
         assert_eq!(r.bytes().await.unwrap().len(), 1000);
+        node.settled(&m.id).await;
     }
     let r = c
         .delete(node.admin(&format!("/v1/tickets/{}", revoked.id)))

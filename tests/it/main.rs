@@ -12,6 +12,7 @@ mod admin_api;
 mod callbacks;
 mod cli_dms_device;
 mod connections;
+mod delivery;
 mod demo;
 mod download;
 mod faults;

@@ -28,18 +28,6 @@ async fn range(c: &reqwest::Client, url: &str, r: &str) -> reqwest::Response {
     c.get(url).header("range", r).send().await.unwrap()
 }
 
-/// Waits until the ticket's state is `want` (the durable write is asynchronous to the client).
-async fn state_becomes(node: &Node, id: &str, want: &str) -> serde_json::Value {
-    for _ in 0..200 {
-        let t = node.ticket(id).await;
-        if t["state"] == want {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("ticket {id} never became {want}: {}", node.ticket(id).await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumed_after_one_whole_download_then_gone() {
     let (node, data, comp) = setup(700_000).await;
@@ -50,9 +38,8 @@ async fn consumed_after_one_whole_download_then_gone() {
     assert_eq!(head.status(), 200, "HEAD does not consume");
     let body = c.get(&url).send().await.unwrap().bytes().await.unwrap();
     assert!(body[..] == data[..]);
-    // Completion is recorded before the response ends: no waiting needed.
-    let t = node.ticket(&id).await;
-    assert_eq!(t["state"], "completed");
+    // Completion is recorded once the client has acknowledged the last byte.
+    let t = state_becomes(&node, &id, "completed").await;
     assert_eq!(t["bytes_sent"], 700_000);
     assert_eq!(t["requests"], 1);
     assert_eq!(t["coverage"], json!([[0, 700_000]]));
@@ -75,7 +62,7 @@ async fn consumed_after_two_ranges_not_after_one() {
         .bytes()
         .await
         .unwrap();
-    let t = node.ticket(&id).await;
+    let t = node.settled(&id).await;
     assert_eq!(t["state"], "downloading");
     assert_eq!(t["coverage"], json!([[0, 250_000]]));
     let b = range(&c, &url, "bytes=250000-")
@@ -84,7 +71,7 @@ async fn consumed_after_two_ranges_not_after_one() {
         .await
         .unwrap();
     assert!([a, b].concat() == data);
-    assert_eq!(node.ticket(&id).await["state"], "completed");
+    state_becomes(&node, &id, "completed").await;
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
 
@@ -196,17 +183,7 @@ async fn a_response_cut_off_before_the_last_byte_does_not_complete() {
     drop(s); // cut off
     let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let received = got.len() - head_len;
-    let t = {
-        let mut t = node.ticket(&id).await;
-        for _ in 0..100 {
-            if t["active_requests"] == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            t = node.ticket(&id).await;
-        }
-        t
-    };
+    let t = node.settled(&id).await;
     assert_eq!(t["state"], "downloading", "{t}");
     let sent = t["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -219,7 +196,7 @@ async fn a_response_cut_off_before_the_last_byte_does_not_complete() {
     assert_eq!(rest.status(), 206);
     let rest = rest.bytes().await.unwrap();
     assert!(got[head_len..] == data[..received] && rest[..] == data[received..]);
-    assert_eq!(node.ticket(&id).await["state"], "completed");
+    state_becomes(&node, &id, "completed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +253,7 @@ async fn expiry_governs_starting_and_grace_covers_resuming() {
     let rest = range(&c, &started.url, "bytes=100000-").await;
     assert_eq!(rest.status(), 206);
     assert!([first, rest.bytes().await.unwrap()].concat() == data);
-    assert_eq!(node.ticket(&started.id).await["state"], "completed");
+    state_becomes(&node, &started.id, "completed").await;
     // Started, but resumed after expiry + grace (whole seconds: expires_at + 3 < now): gone.
     tokio::time::sleep(Duration::from_millis(3600)).await;
     assert_eq!(
@@ -306,9 +283,9 @@ async fn the_byte_budget_stops_a_leaked_url_pulling_overlaps() {
             50_000
         );
     }
+    let t = node.settled(&m.id).await;
     let r = range(&c, &m.url, "bytes=0-0").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let t = node.ticket(&m.id).await;
     assert_eq!(t["bytes_sent"], 150_000);
     assert_eq!(t["state"], "downloading");
     // An honest download within the budget completes.
@@ -316,7 +293,7 @@ async fn the_byte_budget_stops_a_leaked_url_pulling_overlaps() {
         .mint_with(json!({"component": comp, "ttl_secs": 60, "max_bytes": 100_000}))
         .await;
     assert!(c.get(&ok.url).send().await.unwrap().bytes().await.unwrap()[..] == data[..]);
-    assert_eq!(node.ticket(&ok.id).await["state"], "completed");
+    state_becomes(&node, &ok.id, "completed").await;
     // A budget below the object size could never complete: refused at minting.
     let r = c
         .post(node.admin("/v1/tickets"))
@@ -342,7 +319,7 @@ async fn the_connection_limit_answers_429_while_full() {
     assert!(second.headers().contains_key("retry-after"));
     let body = slow.bytes().await.unwrap();
     assert!(body[..] == data[..]);
-    assert_eq!(node.ticket(&m.id).await["state"], "completed");
+    state_becomes(&node, &m.id, "completed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +341,7 @@ async fn max_deliveries_allows_that_many_complete_downloads() {
                 .len(),
             10_000
         );
+        node.settled(&m.id).await;
     }
     assert_eq!(
         c.get(&m.url).send().await.unwrap().status(),
@@ -383,7 +361,7 @@ async fn an_empty_component_is_delivered_by_one_get() {
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap().is_empty());
-    assert_eq!(node.ticket(&id).await["state"], "completed");
+    state_becomes(&node, &id, "completed").await;
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
 
@@ -430,7 +408,7 @@ async fn a_small_one_time_download_is_durably_consumed_when_its_response_ends() 
     let (_id, url) = once(&node, &comp).await;
     let c = client(&node.cert());
     assert!(c.get(&url).send().await.unwrap().bytes().await.unwrap()[..] == data[..]);
-    // Stop at once: nothing may be left to write for the consumption to stick.
+    // Stop at once: a graceful stop waits for the delivery's acknowledgement to be recorded.
     let (again, _dir) = restart(node).await;
     let token = url.rsplit_once("/d/").unwrap().1;
     let r = client(&again.cert_path)
@@ -448,14 +426,14 @@ async fn the_ticket_cache_is_bounded_and_evicted_tickets_still_work_once() {
     let node = start_with(|c| c.ticket_cache_entries = 3).await;
     let data = pattern(5000, 12);
     let meta = node.publish(data.clone(), "fw", "1").await;
-    let mut urls = Vec::new();
+    let mut minted = Vec::new();
     for _ in 0..12 {
-        urls.push(
+        minted.push(
             node.mint_with(json!({"component": meta.id, "ttl_secs": 60}))
-                .await
-                .url,
+                .await,
         );
     }
+    let urls: Vec<String> = minted.iter().map(|m| m.url.clone()).collect();
     let cached = || node.metric("scomo_ads_tickets_cached");
     assert!(cached().await <= 3, "12 minted, at most 3 kept");
     let c = client(&node.cert());
@@ -463,6 +441,9 @@ async fn the_ticket_cache_is_bounded_and_evicted_tickets_still_work_once() {
         let r = c.get(url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.bytes().await.unwrap() == data);
+    }
+    for m in &minted {
+        state_becomes(&node, &m.id, "completed").await;
     }
     for url in &urls {
         assert_eq!(c.get(url).send().await.unwrap().status(), StatusCode::GONE);
@@ -495,7 +476,7 @@ async fn a_one_time_response_head_waits_until_its_delivery_is_recorded() {
     let r = get.await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap()[..] == data[..]);
-    assert_eq!(node.ticket(&id).await["state"], "completed");
+    state_becomes(&node, &id, "completed").await;
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
 
@@ -519,7 +500,7 @@ async fn a_delivery_that_cannot_be_recorded_gets_503_not_a_cut_200() {
     let again = c.get(&url).send().await.unwrap();
     assert_eq!(again.status(), 200);
     assert!(again.bytes().await.unwrap()[..] == data[..]);
-    assert_eq!(node.ticket(&id).await["state"], "completed");
+    state_becomes(&node, &id, "completed").await;
     assert_eq!(node.ticket(&id).await["deliveries"], 1);
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }

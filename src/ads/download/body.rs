@@ -16,58 +16,10 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::task::JoinHandle;
 
+use super::delivery::Tracker;
 use crate::ads::cache::ChunkCache;
 use crate::ads::metrics::Metrics;
 use crate::ads::object::ServedObject;
-use crate::ads::store::StoreError;
-use crate::ads::tickets::RequestGuard;
-
-type Ack = tokio::sync::oneshot::Receiver<Result<(), StoreError>>;
-
-/// Ties a response to its ticket: waits for the intent to be durable before the first byte,
-/// credits each frame once hyper has taken it (asked for the next one), and holds the end of
-/// the response until a completion it caused is durable.
-pub struct Tracker {
-    guard: RequestGuard,
-    begin: Option<Ack>,
-    uncredited: Option<(u64, u64)>,
-    completion: Option<Ack>,
-}
-
-impl Tracker {
-    pub fn new(guard: RequestGuard, begin: Option<Ack>, completion: Option<Ack>) -> Self {
-        Self {
-            guard,
-            begin,
-            uncredited: None,
-            completion,
-        }
-    }
-
-    fn credit_pending(&mut self) {
-        if let Some((s, e)) = self.uncredited.take() {
-            if let Some(rx) = self.guard.credit(s, e) {
-                self.completion = Some(rx);
-            }
-        }
-    }
-}
-
-fn poll_ack(ack: &mut Ack, cx: &mut Context<'_>, what: &str) -> Poll<Result<(), std::io::Error>> {
-    match Pin::new(ack).poll(cx) {
-        Poll::Pending => Poll::Pending,
-        Poll::Ready(Ok(Ok(()))) => Poll::Ready(Ok(())),
-        Poll::Ready(Ok(Err(e))) => {
-            tracing::error!(error = %e, "{what} not persisted");
-            Poll::Ready(Err(std::io::Error::other(
-                "cannot record the download; retry",
-            )))
-        }
-        Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::Error::other(
-            "cannot record the download; retry",
-        ))),
-    }
-}
 
 /// One piece of a response body.
 #[derive(Debug)]
@@ -105,8 +57,6 @@ pub struct DownloadBody {
     pending: Option<JoinHandle<std::io::Result<Bytes>>>,
     remaining: u64,
     tracker: Option<Box<Tracker>>,
-    /// The final frame, held until the completion it caused is durable.
-    held: Option<Result<Frame<Bytes>, std::io::Error>>,
     /// A frame produced ahead by [`DownloadBody::produce_first_frame`], handed out first.
     primed: Option<Frame<Bytes>>,
 }
@@ -121,7 +71,6 @@ impl DownloadBody {
             pending: None,
             remaining: 0,
             tracker: None,
-            held: None,
             primed: None,
         }
     }
@@ -161,7 +110,6 @@ impl DownloadBody {
             pending: None,
             remaining: end - start,
             tracker: None,
-            held: None,
             primed: None,
         }
     }
@@ -186,17 +134,16 @@ impl DownloadBody {
             pending: None,
             remaining,
             tracker: None,
-            held: None,
             primed: None,
         }
     }
 
     /// Produces the first frame now, inside the service future, and keeps it to hand out
-    /// first. For a response that is one frame, whatever that frame waits for (the intent,
-    /// the completion being durable) then holds back the response head too: hyper sends head
-    /// and body in one write once the delivery is recorded, instead of flushing the head alone
-    /// and waking the device twice. And a failure to record can still become a clean 503,
-    /// where a sent 200 could only be cut off. `Err` is that failure; the body is spent then.
+    /// first. For a response that is one frame, what that frame waits for (its intent being
+    /// durable) then holds back the response head too: hyper sends head and body in one write
+    /// once the intent is recorded, instead of flushing the head alone and waking the device
+    /// twice. And a failure to record can still become a clean 503, where a sent 200 could
+    /// only be cut off. `Err` is that failure; the body is spent then.
     pub async fn produce_first_frame(&mut self) -> std::io::Result<()> {
         let frame =
             std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut *self), cx)).await;
@@ -239,56 +186,12 @@ impl DownloadBody {
             .fetch_add(take as u64, Ordering::Relaxed);
         let done = *pos >= *end;
         if let Some(t) = self.tracker.as_mut() {
-            t.uncredited = Some((piece_start, piece_start + take as u64));
+            t.handed(piece_start, piece_start + take as u64);
         }
         if done {
             self.advance();
         }
         Some(Ok(Frame::data(piece)))
-    }
-}
-
-impl DownloadBody {
-    /// Hands out `frame`, unless it is the last byte-bearing frame of a tracked response:
-    /// that one is credited before it leaves, and if it completes the ticket it is held back
-    /// until the completion (and its callback event) is durable. A device never holds the
-    /// whole object before the node has recorded the delivery.
-    fn release(
-        &mut self,
-        frame: Option<Result<Frame<Bytes>, std::io::Error>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.remaining == 0 {
-            if let Some(t) = self.tracker.as_mut() {
-                t.credit_pending();
-                if t.completion.is_some() {
-                    self.held = frame;
-                    return self.poll_held(cx);
-                }
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn poll_held(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if let Some(t) = self.tracker.as_mut() {
-            if let Some(done) = t.completion.as_mut() {
-                match poll_ack(done, cx, "ticket completion") {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => {
-                        t.completion = None;
-                        self.held = None;
-                        t.guard.completion_failed();
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    Poll::Ready(Ok(())) => t.completion = None,
-                }
-            }
-        }
-        Poll::Ready(self.held.take())
     }
 }
 
@@ -305,23 +208,11 @@ impl http_body::Body for DownloadBody {
             return Poll::Ready(Some(Ok(frame)));
         }
         if let Some(t) = this.tracker.as_mut() {
-            if let Some(begin) = t.begin.as_mut() {
-                match poll_ack(begin, cx, "download intent") {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Ready(Ok(())) => t.begin = None,
-                }
+            if let Err(e) = std::task::ready!(t.poll_begin(cx)) {
+                return Poll::Ready(Some(Err(e)));
             }
-            // hyper asks for more only once it has taken the previous frame.
-            t.credit_pending();
-            if t.completion.is_some() {
-                // Nothing more leaves before a completion is durable (see `release`).
-                let held = this.poll_held(cx);
-                match held {
-                    Poll::Ready(None) => {}
-                    other => return other,
-                }
-            }
+            // What the device has acknowledged of earlier frames counts now.
+            t.confirm();
         }
         loop {
             if let Some(handle) = this.pending.as_mut() {
@@ -343,15 +234,14 @@ impl http_body::Body for DownloadBody {
                     (Some(Segment::Span { pos, .. }), Some(src)) => pos / src.cache.chunk_size(),
                     _ => return Poll::Ready(None),
                 };
-                let frame = this.emit(chunk, index);
-                return this.release(frame, cx);
+                return Poll::Ready(this.emit(chunk, index));
             }
             match this.current.take() {
                 None => return Poll::Ready(None),
                 Some(Segment::Literal(b)) => {
                     this.remaining -= b.len() as u64;
                     this.advance();
-                    return this.release(Some(Ok(Frame::data(b))), cx);
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
                 Some(Segment::Span { pos, end }) if pos >= end => this.advance(),
                 Some(span @ Segment::Span { pos, .. }) => {
@@ -362,8 +252,7 @@ impl http_body::Body for DownloadBody {
                     let index = pos / src.cache.chunk_size();
                     let key = (src.object.blake3, index);
                     if let Some(chunk) = src.cache.get(&key) {
-                        let frame = this.emit(chunk, index);
-                        return this.release(frame, cx);
+                        return Poll::Ready(this.emit(chunk, index));
                     }
                     let cache = src.cache.clone();
                     let object = src.object.clone();
@@ -376,14 +265,7 @@ impl http_body::Body for DownloadBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.current.is_none()
-            && self.pending.is_none()
-            && self.held.is_none()
-            && self.primed.is_none()
-            && self
-                .tracker
-                .as_ref()
-                .is_none_or(|t| t.completion.is_none() && t.uncredited.is_none())
+        self.current.is_none() && self.pending.is_none() && self.primed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod conditional;
+pub mod delivery;
 pub mod range;
 
 use std::convert::Infallible;
@@ -16,7 +17,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use self::body::{DownloadBody, Segment, Tracker};
+use self::body::{DownloadBody, Segment};
+use self::delivery::Tracker;
 use self::range::{ByteRange, RangeDecision};
 use super::cache::ChunkCache;
 use super::metrics::Metrics;
@@ -24,6 +26,7 @@ use super::object::ServedObject;
 use super::tickets::coverage::Coverage;
 use super::tickets::{Refusal, Tickets};
 use super::token::{Keyring, TokenError};
+use crate::net::wire::Wire;
 
 /// Header carrying the whole object's BLAKE3 (hex), beside `Repr-Digest`'s SHA-256.
 pub const BLAKE3_HEADER: HeaderName = HeaderName::from_static("x-blake3");
@@ -42,6 +45,8 @@ pub struct DownloadPlane {
     pub metrics: Arc<Metrics>,
     pub max_ranges: usize,
     pub access_log: bool,
+    /// Where responses wait for their last bytes to be acknowledged (drained at shutdown).
+    pub settles: tokio_util::task::TaskTracker,
 }
 
 fn now_unix() -> u64 {
@@ -69,12 +74,13 @@ fn plain(status: StatusCode, message: &'static str) -> Response<DownloadBody> {
 }
 
 impl DownloadPlane {
-    /// hyper entry point.
+    /// hyper entry point; `wire` is the connection's delivery ledger.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
+        wire: Option<Arc<Wire>>,
     ) -> Result<Response<DownloadBody>, Infallible> {
-        let resp = self.respond(&req).await;
+        let resp = self.respond(&req, wire).await;
         self.metrics.count_status(resp.status().as_u16());
         if self.access_log {
             tracing::info!(
@@ -90,7 +96,11 @@ impl DownloadPlane {
         Ok(resp)
     }
 
-    async fn respond<B>(&self, req: &Request<B>) -> Response<DownloadBody> {
+    async fn respond<B>(
+        &self,
+        req: &Request<B>,
+        wire: Option<Arc<Wire>>,
+    ) -> Response<DownloadBody> {
         let head = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -178,8 +188,6 @@ impl DownloadPlane {
             Ok(g) => g,
             Err(r) => return refused(r),
         };
-        // A response that goes out as one frame (one range inside one cache chunk) is held
-        // until its own completion is durable, so it needs no intent of its own.
         let chunk = self.cache.chunk_size();
         let single_frame = match planned.intervals() {
             [(start, end)] => start / chunk == (end - 1) / chunk,
@@ -190,15 +198,17 @@ impl DownloadPlane {
             // Nothing to send: an empty object is delivered by any successful GET.
             let mut guard = guard;
             let done = guard.credit(0, 0);
-            Tracker::new(guard, None, done)
+            let mut t = Tracker::new(guard, None, None, self.settles.clone());
+            t.watch(done);
+            t
         } else {
-            let begin = guard.begin(&planned, single_frame);
-            Tracker::new(guard, begin, None)
+            let begin = guard.begin(&planned);
+            Tracker::new(guard, begin, wire, self.settles.clone())
         };
         let body = std::mem::replace(resp.body_mut(), DownloadBody::empty());
         *resp.body_mut() = body.tracked(tracker);
         // A one-frame response on a ticket that records its deliveries: the head waits with
-        // the frame until the delivery is recorded (see `produce_first_frame`). Shared links
+        // the frame until its intent is recorded (see `produce_first_frame`). Shared links
         // record lazily and have nothing to wait for.
         if single_frame && !ticket.record.is_shared() {
             if let Err(e) = resp.body_mut().produce_first_frame().await {

@@ -288,30 +288,12 @@ pub struct RequestGuard {
 
 impl RequestGuard {
     /// Records the planned ranges as an intent; the returned receiver resolves once that is
-    /// durable. No body byte may leave before it does.
-    ///
-    /// No intent (`None`) for shared links, nor for a response sent as a single frame that
-    /// completes the ticket by itself: that frame is held until the completion is durable, so
-    /// either the node has recorded the delivery or no byte has left. This halves the commits
-    /// of the common one-time case (one GET of a small object).
-    pub fn begin(
-        &self,
-        ranges: &Coverage,
-        single_frame: bool,
-    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+    /// durable. No body byte may leave before it does: after a crash, the intent says which
+    /// bytes may have reached the device (its tentative coverage). No intent (`None`) for
+    /// shared links, which nobody waits on.
+    pub fn begin(&self, ranges: &Coverage) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
         if self.ticket.record.is_shared() {
             return None;
-        }
-        if single_frame {
-            let p = self.ticket.lock();
-            let mut after = p.snap.coverage.clone();
-            after.merge(ranges);
-            if p.snap.tentative.is_empty()
-                && p.snap.state == TicketState::Downloading
-                && after.covers(self.ticket.object.size)
-            {
-                return None;
-            }
         }
         let (ack, rx) = oneshot::channel();
         let op = Op::Begin {
@@ -328,9 +310,29 @@ impl RequestGuard {
         Some(rx)
     }
 
-    /// Credits object bytes `[start, end)` as written to the connection. If this completes the
-    /// ticket, returns a receiver that resolves once the completion (and its callback event) is
-    /// durable; the response must not end before that.
+    /// The ticket is a shared link (see [`TicketRecord::is_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.ticket.record.is_shared()
+    }
+
+    /// Object bytes `[start, end)` were handed to the connection but never acknowledged by
+    /// the device (the connection ended first): they count as sent, and as *tentative*
+    /// coverage: maybe delivered, so a device resuming from what it really has can still
+    /// complete the ticket with a response that runs to its end.
+    pub fn unconfirmed(&mut self, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        let mut p = self.ticket.lock();
+        p.snap.bytes_sent += end - start;
+        if p.snap.state == TicketState::Downloading {
+            p.snap.tentative.insert(start, end);
+        }
+    }
+
+    /// Credits object bytes `[start, end)` as acknowledged by the device. If this completes
+    /// the ticket, returns a receiver that resolves once the completion (and its callback
+    /// event) is durable.
     pub fn credit(
         &mut self,
         start: u64,

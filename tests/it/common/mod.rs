@@ -158,6 +158,32 @@ impl Node {
             .await
             .unwrap()
     }
+
+    /// The ticket once no response on it is in flight: every response has ended and what it
+    /// sent was acknowledged by the client (or given up as maybe-delivered).
+    pub async fn settled(&self, id: &str) -> serde_json::Value {
+        for _ in 0..500 {
+            let t = self.ticket(id).await;
+            if t["active_requests"] == 0 {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("ticket {id} never settled: {}", self.ticket(id).await);
+    }
+}
+
+/// Waits until the ticket's state is `want`: a delivery completes once the client's TCP stack
+/// has acknowledged the last byte, a moment after the client has read it.
+pub async fn state_becomes(node: &Node, id: &str, want: &str) -> serde_json::Value {
+    for _ in 0..500 {
+        let t = node.ticket(id).await;
+        if t["state"] == want {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("ticket {id} never became {want}: {}", node.ticket(id).await);
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
