@@ -205,6 +205,13 @@ pub struct AdsConfig {
     pub default_ttl_secs: u64,
     /// Longest ticket lifetime a mint request may ask for, in seconds.
     pub max_ttl_secs: u64,
+    /// A ticket minted without `max_bytes` may send this many copies of its object per
+    /// delivery (resumes and parallel ranges re-send some bytes); 0 = no default budget.
+    pub default_max_bytes_copies: u64,
+    /// The default budget is never below this many bytes (tiny objects, retried requests).
+    pub min_default_max_bytes: u64,
+    /// Concurrent requests a ticket minted without `max_connections` allows; 0 = no limit.
+    pub default_max_connections: u32,
     /// Most ranges served as multipart after coalescing; more and the Range header is ignored.
     pub max_ranges: usize,
     /// Concurrent connections per listener; beyond it new ones wait in the accept backlog.
@@ -299,6 +306,9 @@ impl Default for AdsConfig {
             max_upload_bytes: 8 << 30,
             default_ttl_secs: 3600,
             max_ttl_secs: 30 * 24 * 3600,
+            default_max_bytes_copies: 3,
+            min_default_max_bytes: 1 << 20,
+            default_max_connections: 8,
             max_ranges: 16,
             max_connections: 20_000,
             header_read_timeout_secs: 10,

@@ -22,6 +22,7 @@
 //! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
 //! - [`webhook`]: Standard Webhooks signing, the durable outbox and the retrying dispatcher,
 //!   shared by the ADS callbacks and the DMS webhooks.
+//! - [`datadir`]: one process per data directory (an exclusive lock).
 //! - [`secrets`]: secrets generated at first start, mode 0600, never logged.
 //!
 //! See `ARCHITECTURE.md` for the request walk-through and the invariants.
@@ -30,6 +31,7 @@ pub mod ads;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod device;
 pub mod dms;

@@ -9,6 +9,23 @@ use scomo_ads::cli::{Cli, Command, DemoArgs, DeviceArgs, DmsArgs, ServeArgs};
 use scomo_ads::client::{AdminClient, AdminTarget};
 use scomo_ads::config::{AdsConfig, Config, DmsConfig, Secret};
 
+/// `println!` that never panics: a closed stdout (`scomo-ads serve | head -1`) must not take
+/// the node down, nor stop it from shutting down on SIGTERM. What cannot be written is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`say!`]).
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// jemalloc, configured (`.cargo/config.toml`) to hand freed pages back to the OS within about
 /// a second: an edge node's memory follows its busy connections down when they go quiet.
 #[global_allocator]
@@ -22,6 +39,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr must not turn into a panic (tracing's own complaint goes to stderr).
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,17 +48,40 @@ fn main() -> std::process::ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            complain(&format!("error: cannot start the async runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            complain(&format!("error: {}", error_line(&e)));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `line` to stderr; a closed stderr is ignored.
+fn complain(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The error and its causes on one line, each said once: a cause whose text its parent's
+/// message already includes (`cannot listen on X: Address already in use`) is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -75,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            println!("{}", serde_json::to_string_pretty(&meta)?);
+            say!("{}", serde_json::to_string_pretty(&meta)?);
             Ok(())
         }
         Command::Mint(args) => {
@@ -97,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     args.device_id.as_deref(),
                 )
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&minted)?);
+            say!("{}", serde_json::to_string_pretty(&minted)?);
             Ok(())
         }
     }
@@ -150,6 +192,7 @@ fn ads_config(args: ServeArgs) -> anyhow::Result<AdsConfig> {
         c.access_log = true;
     }
     c.admin_token = env_token().map(Secret);
+    c.callback_secret = std::env::var("SCOMO_ADS_CALLBACK_SECRET").ok().map(Secret);
     Ok(c)
 }
 
@@ -160,7 +203,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("starting the ADS node")?;
     print_ads(&node);
-    println!(
+    say!(
         "ready {}",
         serde_json::json!({
             "download": node.download_addr.to_string(),
@@ -174,22 +217,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn print_ads(node: &scomo_ads::ads::AdsHandle) {
-    println!("ADS download  {}", node.public_url);
-    println!("ADS admin     {}", node.admin_url);
+    say!("ADS download  {}", node.public_url);
+    say!("ADS admin     {}", node.admin_url);
     if let Some(h) = node.http_addr {
-        println!("ADS plain     http://{h}");
+        say!("ADS plain     http://{h}");
     }
-    println!("certificate   {}", node.cert_path.display());
+    say!("certificate   {}", node.cert_path.display());
     let token_file = node.data_dir.join("admin.token");
     if node.admin_token_generated {
         // Shown once, at first start, on stdout only (never through the log).
-        println!(
+        say!(
             "admin token   {} (saved to {})",
             node.admin_token,
             token_file.display()
         );
     } else {
-        println!("admin token   in {}", token_file.display());
+        say!("admin token   in {}", token_file.display());
     }
 }
 
@@ -226,17 +269,17 @@ fn dms_secrets_from_env(c: &mut DmsConfig) {
 }
 
 fn print_dms(h: &scomo_ads::dms::DmsHandle) {
-    println!("DMS devices   {}", h.dm_url);
-    println!("DMS EMI API   {}", h.api_url);
+    say!("DMS devices   {}", h.dm_url);
+    say!("DMS EMI API   {}", h.api_url);
     let token_file = h.data_dir.join("api.token");
     if h.api_token_generated {
-        println!(
+        say!(
             "API token     {} (saved to {})",
             h.api_token,
             token_file.display()
         );
     } else {
-        println!("API token     in {}", token_file.display());
+        say!("API token     in {}", token_file.display());
     }
 }
 
@@ -247,8 +290,8 @@ async fn dms(args: DmsArgs) -> anyhow::Result<()> {
         .await
         .context("starting the DMS")?;
     print_dms(&h);
-    println!("certificate   {}", h.cert_path.display());
-    println!(
+    say!("certificate   {}", h.cert_path.display());
+    say!(
         "ready {}",
         serde_json::json!({"dm": h.dm_url, "api": h.api_url, "http": h.http_addr.map(|a| a.to_string())})
     );
@@ -315,7 +358,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
     let has_request = cfg.request.is_some();
     let (report, _agents) = fleet::run(cfg, shutdown.clone()).await?;
     if has_request {
-        println!(
+        say!(
             "{} device(s): {} succeeded, {} failed in {:.2}s; {:.1} completions/s, p50 {} ms, p99 {} ms",
             report.agents,
             report.succeeded,
@@ -332,7 +375,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    println!("listening for package 0; Ctrl-C to stop");
+    say!("listening for package 0; Ctrl-C to stop");
     shutdown.cancelled().await;
     Ok(())
 }
@@ -346,14 +389,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    println!("starting ADS, DMS, EMI receiver and devices on loopback ...");
+    say!("starting ADS, DMS, EMI receiver and devices on loopback ...");
     let rows = scomo_ads::demo::run(&dir).await?;
-    print!("{}", scomo_ads::demo::table(&rows));
+    say_raw!("{}", scomo_ads::demo::table(&rows));
     let failed = rows.iter().filter(|r| !r.ok).count();
     if failed > 0 {
         anyhow::bail!("{failed} of {} flows failed", rows.len());
     }
-    println!("all {} flows passed", rows.len());
+    say!("all {} flows passed", rows.len());
     Ok(())
 }
 
@@ -371,24 +414,24 @@ async fn up(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the ADS and the DMS")?;
     print_ads(&node);
     print_dms(&dms);
-    println!();
-    println!("Try it (another terminal):");
-    println!("  echo hello > /tmp/c.bin");
-    println!(
+    say!("");
+    say!("Try it (another terminal):");
+    say!("  echo hello > /tmp/c.bin");
+    say!(
         "  cargo run --release -- publish /tmp/c.bin --name demo --version 1 --data {} --admin-url {}",
         node.data_dir.display(),
         node.admin_url
     );
-    println!(
+    say!(
         "  cargo run --release -- mint <id printed above> --ttl 10m --data {} --admin-url {}",
         node.data_dir.display(),
         node.admin_url
     );
-    println!(
+    say!(
         "  curl --cacert {} -O -J <url printed above>",
         node.cert_path.display()
     );
-    println!(
+    say!(
         "  curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {}/v1/components",
         dms.cert_path.display(),
         dms.data_dir.join("api.token").display(),

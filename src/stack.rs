@@ -19,6 +19,8 @@ pub enum StackError {
     Dms(#[from] DmsError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::net::tls::TlsError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 /// Starts the ADS under `root/ads` and the DMS under `root/dms`, the DMS using the ADS.
@@ -41,6 +43,12 @@ pub async fn start(
         dms.tls_key.as_deref(),
     )?;
     ads.data_dir = ads_dir.clone();
+    // The DMS verifies callbacks with the node's secret file: a secret given through the
+    // environment is handed over the same way (mode 0600), or every callback would fail.
+    if let Some(secret) = &ads.callback_secret {
+        let _ = std::fs::create_dir_all(&ads_dir);
+        crate::secrets::write_private(&ads_dir.join("callback.secret"), secret.0.as_bytes())?;
+    }
     ads.callback_ca_certs.push(dms_tls.cert_path.clone());
     let node = crate::ads::start(ads, shutdown.clone()).await?;
     dms.data_dir = dms_dir;

@@ -28,6 +28,8 @@ pub struct ChunkCache {
 pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// The configured memory budget, in bytes.
+    pub budget_bytes: AtomicU64,
 }
 
 impl ChunkCache {
@@ -41,7 +43,10 @@ impl ChunkCache {
         Self {
             inner,
             chunk_size: u64::from(chunk_size.max(4096)),
-            stats: Arc::new(CacheStats::default()),
+            stats: Arc::new(CacheStats {
+                budget_bytes: AtomicU64::new(budget_bytes),
+                ..CacheStats::default()
+            }),
         }
     }
 

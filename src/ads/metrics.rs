@@ -138,6 +138,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP scomo_ads_cache_budget_bytes Memory budget of the chunk cache.\n# TYPE scomo_ads_cache_budget_bytes gauge\nscomo_ads_cache_budget_bytes {}",
+            r(&cache.budget_bytes)
+        );
+        let _ = writeln!(
+            out,
             "# HELP scomo_ads_tickets_cached Tickets held in memory.\n# TYPE scomo_ads_tickets_cached gauge\nscomo_ads_tickets_cached {tickets_cached}"
         );
         type Field = fn(&ConnectionGauge) -> &AtomicU64;

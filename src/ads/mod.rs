@@ -63,6 +63,8 @@ pub enum AdsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Locked(#[from] crate::datadir::LockError),
 }
 
 /// State shared by the admin API handlers.
@@ -95,6 +97,8 @@ pub struct AdsHandle {
     tasks: JoinSet<()>,
     /// Responses whose last bytes wait for the device's acknowledgement.
     settles: tokio_util::task::TaskTracker,
+    /// Held until the node has stopped (see [`crate::datadir`]).
+    _lock: crate::datadir::DataDirLock,
 }
 
 impl AdsHandle {
@@ -142,6 +146,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         path: dir.clone(),
         source,
     })?;
+    let lock = crate::datadir::DataDirLock::acquire(&dir)?;
     let (admin_token, admin_token_generated) = match &config.admin_token {
         Some(t) if !t.0.is_empty() => (t.0.clone(), false),
         _ => secrets::load_or_create(&dir.join("admin.token"), secrets::random_hex32)?,
@@ -201,6 +206,9 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
                 .unwrap_or_else(|| public_url.clone()),
             default_ttl: config.default_ttl_secs,
             max_ttl: config.max_ttl_secs,
+            default_max_bytes_copies: config.default_max_bytes_copies,
+            min_default_max_bytes: config.min_default_max_bytes,
+            default_max_connections: config.default_max_connections,
             grace: config.expiry_grace_secs,
             callback_allow_hosts: config.callback_allow_hosts.clone(),
             cache_entries: config.ticket_cache_entries,
@@ -327,6 +335,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         shutdown,
         tasks,
         settles,
+        _lock: lock,
     })
 }
 

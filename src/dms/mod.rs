@@ -53,6 +53,8 @@ pub enum DmsError {
     Ads(#[from] ads_client::AdsClientError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Locked(#[from] crate::datadir::LockError),
 }
 
 /// A running DMS.
@@ -71,6 +73,8 @@ pub struct DmsHandle {
     pub engine: Arc<engine::Engine>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Held until the DMS has stopped (see [`crate::datadir`]).
+    _lock: crate::datadir::DataDirLock,
 }
 
 impl DmsHandle {
@@ -97,6 +101,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         path: dir.clone(),
         source,
     })?;
+    let lock = crate::datadir::DataDirLock::acquire(&dir)?;
     let (api_token, api_token_generated) = match &config.api_token {
         Some(t) if !t.0.is_empty() => (t.0.clone(), false),
         _ => secrets::load_or_create(&dir.join("api.token"), secrets::random_hex32)?,
@@ -265,5 +270,6 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         engine,
         shutdown,
         tasks,
+        _lock: lock,
     })
 }

@@ -400,8 +400,9 @@ pub fn shutdown_on_signals() -> CancellationToken {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::info!("shutdown requested; finishing in-flight responses");
+        // Cancel first: shutting down must never depend on a log line being written.
         t.cancel();
+        tracing::info!("shutdown requested; finishing in-flight responses");
     });
     token
 }

@@ -20,6 +20,7 @@ mod flow_5_4_1;
 mod flow_5_4_2;
 mod flow_5_4_3;
 mod hardening;
+mod process;
 mod syncml_codec;
 mod tickets;
 mod tidy;

@@ -504,3 +504,60 @@ async fn a_delivery_that_cannot_be_recorded_gets_503_not_a_cut_200() {
     assert_eq!(node.ticket(&id).await["deliveries"], 1);
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
+
+/// A URL minted without limits still bounds what a leaked copy can pull: three copies of the
+/// object per delivery (at least 1 MiB), over at most eight requests at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_minted_without_limits_bounds_copies_and_connections() {
+    let size = 4 << 20;
+    let (node, data, comp) = setup(size).await;
+    let (id, url) = once(&node, &comp).await;
+    let t = node.ticket(&id).await;
+    assert_eq!(t["max_bytes"], 3 * size as u64, "{t}");
+    assert_eq!(t["max_connections"], 8, "{t}");
+    // Eight requests that do not read their bodies hold the ticket's eight slots (their bytes
+    // are not acknowledged); the ninth is told to come back later.
+    let mut open = Vec::new();
+    for i in 0..8 {
+        let c = client_h1(&node.cert());
+        let r = range(
+            &c,
+            &url,
+            &format!("bytes={}-{}", i * 1000, i * 1000 + (1 << 20) - 1),
+        )
+        .await;
+        assert_eq!(r.status(), 206);
+        open.push((c, r));
+    }
+    let ninth = range(&client_h1(&node.cert()), &url, "bytes=0-9").await;
+    assert_eq!(ninth.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(open);
+    node.settled(&id).await;
+    // "All but the last byte", again and again: the budget runs out before a fourth copy.
+    let c = client(&node.cert());
+    let mut served = 0;
+    for _ in 0..6 {
+        let r = range(&c, &url, &format!("bytes=0-{}", size - 2)).await;
+        if r.status() == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert_eq!(r.status(), 206);
+        assert!(r.bytes().await.unwrap()[..] == data[..size - 1]);
+        served += 1;
+        node.settled(&id).await;
+    }
+    assert!(
+        served < 3,
+        "{served} copies of almost all the object were served"
+    );
+    let t = node.settled(&id).await;
+    assert!(t["bytes_sent"].as_u64().unwrap() <= 3 * size as u64, "{t}");
+    assert_eq!(t["state"], "downloading");
+    // A DMS that wants another bound says so at minting.
+    let m = node
+        .mint_with(json!({"component": comp, "max_bytes": 10 * size, "max_connections": 2}))
+        .await;
+    let t = node.ticket(&m.id).await;
+    assert_eq!(t["max_bytes"], 10 * size as u64);
+    assert_eq!(t["max_connections"], 2);
+}

@@ -466,6 +466,18 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The byte budget of a ticket minted without one: `copies` × size per delivery, at least
+/// the floor; `None` when the policy sets no default.
+fn default_budget(policy: &TicketPolicy, size: u64, deliveries: u32) -> Option<u64> {
+    if policy.default_max_bytes_copies == 0 {
+        return None;
+    }
+    let per_delivery = size
+        .saturating_mul(policy.default_max_bytes_copies)
+        .max(policy.min_default_max_bytes);
+    Some(per_delivery.saturating_mul(u64::from(deliveries)))
+}
+
 /// `POST /v1/tickets` request body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -503,6 +515,12 @@ pub struct TicketPolicy {
     pub node: String,
     pub default_ttl: u64,
     pub max_ttl: u64,
+    /// Copies of the object per delivery a ticket may send when minted without `max_bytes`
+    /// (0: unbounded), and the floor of that default budget.
+    pub default_max_bytes_copies: u64,
+    pub min_default_max_bytes: u64,
+    /// Concurrent requests per ticket minted without `max_connections` (0: unbounded).
+    pub default_max_connections: u32,
     /// Seconds after expiry during which a started ticket may still be resumed.
     pub grace: u64,
     /// Hosts callback URLs may point at; `*` allows any.
@@ -704,6 +722,17 @@ impl Tickets {
             }
         }
         let object = self.served(&meta)?;
+        // A leaked one-time URL must not pull unbounded copies: unless the DMS says otherwise,
+        // a ticket may send a few copies per delivery, over a few connections at a time.
+        let max_bytes = req
+            .max_bytes
+            .or_else(|| default_budget(policy, meta.size, max_deliveries));
+        // Shared links (several deliveries) are meant for many clients at once: no default
+        // connection limit for them.
+        let max_connections = req
+            .max_connections
+            .or((policy.default_max_connections > 0 && max_deliveries == 1)
+                .then_some(policy.default_max_connections));
         let record = TicketRecord {
             id: TicketId::random(),
             component_id: meta.id.clone(),
@@ -713,8 +742,8 @@ impl Tickets {
             callback_url: req.callback_url,
             context: req.context,
             max_deliveries,
-            max_connections: req.max_connections,
-            max_bytes: req.max_bytes,
+            max_connections,
+            max_bytes,
         };
         let id = record.id;
         let (ack, rx) = oneshot::channel();
