@@ -345,6 +345,9 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    if args.api_url.is_some() && args.api_token.is_none() {
+        anyhow::bail!("--api-url needs --api-token or SCOMO_DMS_API_TOKEN");
+    }
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
     let cfg = FleetConfig {
         base,

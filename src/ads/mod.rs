@@ -391,6 +391,9 @@ fn load_keyring(dir: &std::path::Path) -> Result<Keyring, AdsError> {
 fn callback_client(cas: &[PathBuf]) -> Result<reqwest::Client, AdsError> {
     let b = reqwest::Client::builder()
         .use_rustls_tls()
+        // A signed callback goes to the allowed receiver or nowhere: a 3xx is a failed
+        // attempt (as Standard Webhooks senders treat it), never a hop to another host.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("scomo-ads/", env!("CARGO_PKG_VERSION")));
     let b = tls::trust(b, cas)?;
     Ok(b.build()?)

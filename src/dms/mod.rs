@@ -161,6 +161,8 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
     ));
     let http = reqwest::Client::builder()
         .use_rustls_tls()
+        // Signed webhooks are never forwarded by a redirect (see `webhook::deliver`).
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("scomo-ads-dms/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let state = Arc::new(emi::DmsState {

@@ -43,8 +43,8 @@ pub struct ConnectionPolicy {
     /// Open connections one client IP may hold; more are closed at accept. 0 = no limit.
     pub max_connections_per_ip: usize,
     /// SO_SNDBUF for accepted connections; 0 leaves the kernel's autotuning. A fixed size
-    /// bounds kernel memory per slow device and keeps "bytes written" close to "bytes the
-    /// device has" (what a ticket's completion counts), at the cost of long-fat-pipe speed.
+    /// bounds kernel memory per slow device, at the cost of long-fat-pipe speed. (A ticket's
+    /// completion counts what the device acknowledged, whatever the buffer: see `wire`.)
     pub send_buffer_bytes: usize,
     /// Largest request head (request line + headers) in bytes; bigger gets 431. Also hyper's
     /// read buffer size, which every open connection holds even while idle, so the download

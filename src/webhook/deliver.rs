@@ -210,10 +210,12 @@ impl Dispatcher {
                 } else {
                     None
                 };
-                Outcome::Failed {
-                    error: format!("receiver answered {status}"),
-                    retry_after,
-                }
+                let error = if status.is_redirection() {
+                    format!("receiver answered {status}; redirects are not followed")
+                } else {
+                    format!("receiver answered {status}")
+                };
+                Outcome::Failed { error, retry_after }
             }
             Err(e) => Outcome::Failed {
                 error: if e.is_timeout() {

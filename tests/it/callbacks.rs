@@ -491,3 +491,69 @@ async fn killed_mid_retry_the_callback_is_still_delivered_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.delivered().len(), 1);
 }
+
+/// An allowed receiver that answers 307 does not get the signed callback sent on to the host
+/// it names: a redirect is a failed attempt, retried at the allowed receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_receiver_does_not_forward_the_signed_callback() {
+    let node = start_with(|c| c.callback_backoff_base_ms = 100).await;
+    let elsewhere = Receiver::start().await;
+    let target = elsewhere.url.clone();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move || {
+            let target = target.clone();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                axum::http::Response::builder()
+                    .status(307)
+                    .header("location", target)
+                    .body(axum::body::Body::empty())
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let comp = node.publish(pattern(2000, 5), "fw", "1").await.id;
+    let m = node
+        .mint_with(json!({"component": comp, "callback_url": format!("http://{addr}/cb")}))
+        .await;
+    let c = client(&node.cert());
+    assert_eq!(
+        c.get(&m.url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        2000
+    );
+    assert!(
+        wait_until(15, || hits.load(std::sync::atomic::Ordering::SeqCst) >= 2).await,
+        "the redirect is retried at the allowed receiver"
+    );
+    assert!(
+        elsewhere.all().is_empty(),
+        "the callback followed the redirect"
+    );
+    let list: serde_json::Value = c
+        .get(node.admin("/v1/callbacks?state=pending"))
+        .bearer_auth(node.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = list["callbacks"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("redirects are not followed"), "{list}");
+}

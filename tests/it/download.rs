@@ -538,3 +538,40 @@ async fn any_set_of_ranges_serves_exactly_the_objects_slices() {
         "every kind of answer was exercised"
     );
 }
+
+/// HEAD refusals carry no body on HTTP/2 either (a DATA frame on a HEAD is a stream error to
+/// curl and hyper alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_refusals_over_http2_have_no_body() {
+    let node = start().await;
+    let comp = node.publish(pattern(3000, 4), "fw", "1").await.id;
+    let m = node
+        .mint_with(serde_json::json!({"component": comp, "ttl_secs": 60}))
+        .await;
+    let c = client(&node.cert());
+    let forged = format!(
+        "{}/d/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        node.handle.public_url
+    );
+    let r = c.head(&forged).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 403);
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(
+        c.get(&m.url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        3000
+    );
+    state_becomes(&node, &m.id, "completed").await;
+    let r = c.head(&m.url).send().await.unwrap();
+    assert_eq!(r.status(), 410);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = c.post(&m.url).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}

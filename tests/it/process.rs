@@ -288,3 +288,18 @@ fn ads_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+#[test]
+fn a_device_with_an_api_url_but_no_token_refuses_to_start() {
+    let out = Command::new(bin())
+        .args(["device", "--api-url", "https://127.0.0.1:1", "--once"])
+        .env_remove("SCOMO_DMS_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--api-url needs --api-token or SCOMO_DMS_API_TOKEN"),
+        "{stderr}"
+    );
+}

@@ -480,6 +480,25 @@ async fn a_one_time_response_head_waits_until_its_delivery_is_recorded() {
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
 
+/// A download of many frames whose intent cannot be recorded gets a clean 503 too, not a 200
+/// head followed by a cut body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_that_cannot_be_recorded_gets_503_not_a_cut_200() {
+    let (node, data, comp) = setup(3 << 20).await;
+    let (id, url) = once(&node, &comp).await;
+    let db = rusqlite::Connection::open(node.dir.path().join("ads.sqlite3")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = client(&node.cert()).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let again = client(&node.cert()).get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(again.bytes().await.unwrap()[..] == data[..]);
+    state_becomes(&node, &id, "completed").await;
+}
+
 /// When the delivery cannot be recorded at all (the write lock is held past the writer's busy
 /// timeout), the device gets a clear 503 with Retry-After, not a 200 whose body is cut off,
 /// and the ticket is not spent: the retry succeeds.

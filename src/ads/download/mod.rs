@@ -80,7 +80,12 @@ impl DownloadPlane {
         req: Request<hyper::body::Incoming>,
         wire: Option<Arc<Wire>>,
     ) -> Result<Response<DownloadBody>, Infallible> {
-        let resp = self.respond(&req, wire).await;
+        let mut resp = self.respond(&req, wire).await;
+        if req.method() == Method::HEAD {
+            // A refusal's text is for GET: HTTP/2 does not strip a HEAD response's body the
+            // way HTTP/1.1 does, and a client sees DATA on a HEAD as a protocol error.
+            *resp.body_mut() = DownloadBody::empty();
+        }
         self.metrics.count_status(resp.status().as_u16());
         if self.access_log {
             tracing::info!(
@@ -188,11 +193,6 @@ impl DownloadPlane {
             Ok(g) => g,
             Err(r) => return refused(r),
         };
-        let chunk = self.cache.chunk_size();
-        let single_frame = match planned.intervals() {
-            [(start, end)] => start / chunk == (end - 1) / chunk,
-            _ => false,
-        };
         let mut resp = self.build(obj, decision.unwrap_or(RangeDecision::Full), false);
         let tracker = if obj.size == 0 {
             // Nothing to send: an empty object is delivered by any successful GET.
@@ -207,10 +207,11 @@ impl DownloadPlane {
         };
         let body = std::mem::replace(resp.body_mut(), DownloadBody::empty());
         *resp.body_mut() = body.tracked(tracker);
-        // A one-frame response on a ticket that records its deliveries: the head waits with
-        // the frame until its intent is recorded (see `produce_first_frame`). Shared links
-        // record lazily and have nothing to wait for.
-        if single_frame && !ticket.record.is_shared() {
+        // A response on a ticket that records its deliveries: the head waits with the first
+        // frame until the intent is recorded (see `produce_first_frame`), so a failure to
+        // record (a full disk, a locked database) is a clean 503, never a cut 200. Shared
+        // links record lazily and have nothing to wait for.
+        if !ticket.record.is_shared() {
             if let Err(e) = resp.body_mut().produce_first_frame().await {
                 tracing::warn!(error = %e, "download refused: its delivery could not be recorded");
                 let mut r = plain(
