@@ -33,15 +33,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // A closed stderr must not turn into a panic (tracing's own complaint goes to stderr).
-        .log_internal_errors(false)
-        .init();
+    let demo_log = install_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,7 +44,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, demo_log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             complain(&format!("error: {}", error_line(&e)));
@@ -84,13 +76,50 @@ fn error_line(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Logs go to stderr; `demo` without `RUST_LOG` writes them to a file instead (returned), so
+/// its result table is what a newcomer sees.
+fn install_logging(cli: &Cli) -> Option<std::path::PathBuf> {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let demo_log = match &cli.command {
+        Command::Demo(args) if std::env::var_os("RUST_LOG").is_none() => Some(match &args.data {
+            Some(dir) => {
+                let _ = std::fs::create_dir_all(dir);
+                dir.join("demo.log")
+            }
+            None => std::env::temp_dir().join(format!("scomo-ads-demo-{}.log", std::process::id())),
+        }),
+        _ => None,
+    };
+    if let Some((path, file)) =
+        demo_log.and_then(|p| std::fs::File::create(&p).ok().map(|f| (p, f)))
+    {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .log_internal_errors(false)
+            .init();
+        return Some(path);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        // A closed stderr must not turn into a panic (tracing's own complaint goes to stderr).
+        .log_internal_errors(false)
+        .init();
+    None
+}
+
+async fn run(cli: Cli, demo_log: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Up(args) => up(args).await,
         Command::Dms(args) => dms(args).await,
         Command::Device(args) => device(args).await,
-        Command::Demo(args) => demo(args).await,
+        Command::Demo(args) => demo(args, demo_log).await,
         Command::Publish(args) => {
             let target = AdminTarget::resolve(
                 &args.admin.admin_url,
@@ -383,7 +412,10 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs, log: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = &log {
+        say!("logs: {}", path.display());
+    }
     let tmp;
     let dir = match args.data {
         Some(d) => d,

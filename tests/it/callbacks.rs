@@ -297,8 +297,9 @@ async fn many_clients_racing_on_the_last_range_complete_it_once() {
     let size = 1_000_000;
     let data = pattern(size, 7);
     let comp = node.publish(data.clone(), "fw", "1").await.id;
+    // Room for every racer at once (one-time tickets default to 8 connections).
     let m = node
-        .mint_with(json!({"component": comp, "callback_url": rx.url}))
+        .mint_with(json!({"component": comp, "callback_url": rx.url, "max_connections": 32}))
         .await;
     let c = client_h1(&node.cert());
     let head = c

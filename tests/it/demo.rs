@@ -13,6 +13,7 @@ fn demo_runs_every_flow_and_passes() {
         .arg("demo")
         .arg("--data")
         .arg(dir.path())
+        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -29,6 +30,14 @@ fn demo_runs_every_flow_and_passes() {
         assert!(line.contains(" pass "), "{line}");
     }
     assert!(stdout.contains("all 11 flows passed"), "{stdout}");
+    // The table is what a newcomer sees: the logs went to a file, whose path is printed.
+    let log = dir.path().join("demo.log");
+    assert!(
+        stdout.contains(&format!("logs: {}", log.display())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(" INFO ") && !String::from_utf8_lossy(&out.stderr).contains(" INFO "));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("INFO"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
