@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
 
+/// How often, and how far apart, a held lock is tried again before the start is refused.
+const LOCK_TRIES: u32 = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Why the data directory could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -39,7 +43,19 @@ impl DataDirLock {
             .truncate(false)
             .open(dir.join("lock"))
             .map_err(io)?;
-        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        // A holder that is just exiting (a restart), or a child process of ours between fork
+        // and exec, lets go within moments: wait a little before refusing.
+        let mut tries = 0;
+        let locked = loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK && tries < LOCK_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = locked {
             if e == rustix::io::Errno::WOULDBLOCK {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);

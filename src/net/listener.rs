@@ -206,10 +206,7 @@ pub async fn serve<M, S, B>(
         let builder = builder.clone();
         let http1 = http1.clone();
         let shutdown = shutdown.clone();
-        let wire = policy
-            .track_delivery
-            .then(|| Arc::new(Wire::for_socket(&stream)));
-        let service = make_service(wire.clone());
+        let make_service = make_service.clone();
         let per_ip = per_ip.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -217,8 +214,6 @@ pub async fn serve<M, S, B>(
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenGuard(gauge.clone());
-            // However this task ends, the wire learns that nothing more will be written.
-            let _wire_closed = WireClosed(wire.clone());
             let (mut stream, mut peer) = (stream, peer);
             // Behind a balancer the TCP peer is the balancer: the client is in the header.
             if policy.proxy_protocol {
@@ -252,8 +247,14 @@ pub async fn serve<M, S, B>(
             } else {
                 None
             };
+            // Only a connection that is kept gets a ledger (a duplicated descriptor).
+            let wire = policy
+                .track_delivery
+                .then(|| Arc::new(Wire::for_socket(&stream)));
+            // However this task ends, the wire learns that nothing more will be written.
+            let _wire_closed = WireClosed(wire.clone());
             let mut service = Tagged {
-                inner: service,
+                inner: make_service(wire.clone()),
                 peer: policy.tag_peer.then_some(peer),
                 activity: None,
             };
@@ -363,8 +364,13 @@ struct WireClosed(Option<Arc<Wire>>);
 
 impl Drop for WireClosed {
     fn drop(&mut self) {
-        if let Some(wire) = &self.0 {
-            wire.close();
+        if let Some(wire) = self.0.take() {
+            // Alone with it, dropping it closes the duplicate like the connection's own
+            // descriptor; a response still settling holds it, and needs the FIN sent.
+            match Arc::try_unwrap(wire) {
+                Ok(_) => {}
+                Err(shared) => shared.close(),
+            }
         }
     }
 }

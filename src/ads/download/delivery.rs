@@ -16,6 +16,7 @@
 //! frames as hyper takes them: nobody waits on their completion.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -282,8 +283,6 @@ impl Drop for Tracker {
         }
     }
 }
-
-use std::future::Future;
 
 #[cfg(test)]
 mod tests {
