@@ -35,10 +35,15 @@ use super::parking::{Activity, TlsConn, PARK_AFTER};
 ///
 /// Looked at every [`PARK_AFTER`] while requests come, every `idle / 4` once quiet; so the
 /// GOAWAY comes between `idle` and 1.25 × `idle` after the last request.
+///
+/// A connection that has not started a request yet gets `first_request` (the head timeout)
+/// instead of `idle`: a client that completes a handshake and says nothing must not hold a
+/// slot of the connection cap for the whole idle timeout.
 pub async fn serve_until_idle<C: GracefulConnection>(
     conn: C,
     activity: &Activity,
     idle: Duration,
+    first_request: Duration,
     shutdown: &CancellationToken,
 ) -> C::Output {
     let mut conn = std::pin::pin!(conn);
@@ -48,7 +53,13 @@ pub async fn serve_until_idle<C: GracefulConnection>(
     let mut quiet = false;
     let mut closing = false;
     loop {
-        let tick = if quiet { slow_tick } else { PARK_AFTER };
+        // Before the first request the limit is the short one: tick at its pace.
+        let slow = if seen == 0 {
+            (first_request.min(idle) / 4).max(PARK_AFTER)
+        } else {
+            slow_tick
+        };
+        let tick = if quiet { slow } else { PARK_AFTER };
         // Every branch wakes this one task, and the next `select!` polls the connection first
         // thing: that poll is the read after which `ReleasingIo` frees the buffers.
         tokio::select! {
@@ -68,7 +79,8 @@ pub async fn serve_until_idle<C: GracefulConnection>(
                     // ended the quiet spell at the I/O level.
                     activity.set_quiet();
                     quiet = true;
-                    if quiet_since.elapsed() >= idle {
+                    let limit = if started == 0 { first_request.min(idle) } else { idle };
+                    if quiet_since.elapsed() >= limit {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }

@@ -295,12 +295,20 @@ pub async fn serve<M, S, B>(
                             conn,
                             &activity,
                             policy.idle_timeout,
+                            policy.header_read_timeout,
                             &shutdown,
                         ))
                         .await
                     } else {
+                        let first_request = policy.header_read_timeout;
                         parking::serve_http1(
-                            tls_stream, &http1, service, activity, &gauge, &shutdown,
+                            tls_stream,
+                            &http1,
+                            service,
+                            activity,
+                            first_request,
+                            &gauge,
+                            &shutdown,
                         )
                         .await
                         .map_err(Into::into)

@@ -237,6 +237,7 @@ pub async fn serve_http1<S, B>(
     builder: &http1::Builder,
     mut service: S,
     activity: Arc<Activity>,
+    first_request: Duration,
     gauge: &ConnectionGauge,
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error>
@@ -246,6 +247,9 @@ where
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Until its first request, a connection waits only as long as a request head may take:
+    // one that completes a handshake and says nothing must not hold a slot for `idle_timeout`.
+    let first_deadline = tokio::time::Instant::now() + first_request;
     let mut io = ParkableIo {
         inner: tls,
         replay: Bytes::new(),
@@ -257,7 +261,8 @@ where
             None => return Ok(()),
         }
         // A request began arriving as hyper stopped: serve it at once.
-        if io.replay.is_empty() && !wait_for_next_request(&mut io, gauge, shutdown).await {
+        let first = (io.activity.requests().0 == 0).then_some(first_deadline);
+        if io.replay.is_empty() && !wait_for_next_request(&mut io, first, gauge, shutdown).await {
             return Ok(());
         }
     }
@@ -325,6 +330,7 @@ where
 /// connection should close (idle deadline, shutdown, socket error).
 async fn wait_for_next_request(
     io: &mut ParkableIo,
+    first_deadline: Option<tokio::time::Instant>,
     gauge: &ConnectionGauge,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -337,7 +343,7 @@ async fn wait_for_next_request(
     tracing::trace!("keep-alive connection parked");
     io.inner.release_idle_buffers();
     let timed = io.inner.get_ref();
-    let deadline = timed.idle_deadline();
+    let deadline = first_deadline.map_or(timed.idle_deadline(), |d| d.min(timed.idle_deadline()));
     gauge.parked.fetch_add(1, Ordering::Relaxed);
     let woke = tokio::select! {
         r = timed.get_ref().readable() => Some(r.is_ok()),

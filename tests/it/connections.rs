@@ -65,18 +65,38 @@ async fn slowloris_header_and_idle_keepalive_are_cut() {
         .await
         .unwrap();
     unfinished_head_is_cut_after_a_second(&mut s).await;
-    // The same after the connection sat parked well past the head timeout, which alone
-    // closes nothing (the idle timeout is 30 s): the head timer starts with the head.
+    // A handshake and then silence: parked, but only for the head timeout (1 s), not the idle
+    // timeout (30 s): idle TLS connections must not fill the connection cap.
     let mut s = tls_connect(&node.cert(), node.handle.download_addr)
         .await
         .unwrap();
+    let t0 = std::time::Instant::now();
     assert!(
         parked_becomes(&node, 1).await,
         "a connection with no request was not parked"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    unfinished_head_is_cut_after_a_second(&mut s).await;
+    assert!(
+        closed_within(&mut s, 5).await,
+        "a silent connection held its slot"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(800));
     assert!(parked_becomes(&node, 0).await);
+    // The same over HTTP/2 (ALPN h2, then not even the preface): closed at the head timeout.
+    let mut config = scomo_ads::net::tls::client_config_trusting(&node.cert()).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(node.handle.download_addr)
+        .await
+        .unwrap();
+    let mut h2 = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut h2, 6).await,
+        "a silent HTTP/2 connection held its slot"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(800));
     let node = start_with(|c| {
         c.header_read_timeout_secs = 30;
         c.idle_timeout_secs = 2;
