@@ -73,6 +73,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             e if e.is_busy() => ApiError::busy(),
+            e if e.is_full() => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the node's disk is full; nothing was recorded, retry once space is freed",
+            ),
             StoreError::InUse(..) => ApiError::new(StatusCode::CONFLICT, "in_use", e.to_string()),
             other => {
                 tracing::error!(error = %other, "storage failure");

@@ -27,6 +27,41 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same failure again, for each of several callers waiting on one operation (a
+    /// batch's commit): kind and SQLite code are kept, so `is_full` and `is_busy` still hold.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, msg)) => {
+                StoreError::Sqlite(rusqlite::Error::SqliteFailure(*e, msg.clone()))
+            }
+            StoreError::Io { path, source } => StoreError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::InUse(id, n) => StoreError::InUse(id.clone(), *n),
+            StoreError::WorkerGone => StoreError::WorkerGone,
+            other => StoreError::Io {
+                path: PathBuf::from("ticket store"),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+
+    /// Whether the disk is full (SQLITE_FULL, or ENOSPC from the file system): 507, nothing
+    /// written, worth a retry once space is freed.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.raw_os_error() == Some(28)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether another process holds the database (SQLITE_BUSY / SQLITE_LOCKED past the busy
     /// timeout): transient, worth a retry, not a fault of ours.
     pub fn is_busy(&self) -> bool {

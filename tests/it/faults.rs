@@ -163,6 +163,75 @@ async fn a_really_full_disk_mid_upload_gets_507_and_the_node_carries_on() {
     node.handle.wait().await;
 }
 
+/// A full disk: a mint answers 507 (nothing minted), a one-time download answers 503 with
+/// Retry-After before any byte (nothing spent); once space is freed both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_507_for_a_mint_and_503_for_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_fs) = Mounted::tmpfs(dir.path(), 8) else {
+        if std::env::var_os("SCOMO_REQUIRE_TOOLS").is_some() {
+            panic!("cannot mount a tmpfs here (SCOMO_REQUIRE_TOOLS is set)");
+        }
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = test_config(dir.path());
+    config.keep_free_bytes = 0;
+    let handle = scomo_ads::ads::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let http = client(&handle.cert_path);
+    let token = handle.admin_token.clone();
+    let data = pattern(300_000, 9);
+    let meta: serde_json::Value = http
+        .post(format!(
+            "{}/v1/components?name=fw&version=1",
+            handle.admin_url
+        ))
+        .bearer_auth(&token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mint = || {
+        http.post(format!("{}/v1/tickets", handle.admin_url))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"component": meta["id"], "ttl_secs": 60}))
+            .send()
+    };
+    let minted: serde_json::Value = mint().await.unwrap().json().await.unwrap();
+    let url = minted["url"].as_str().unwrap().to_string();
+    // Fill the disk to the last byte.
+    let filler = dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+        let _ = f.sync_all();
+    }
+    let r = mint().await.unwrap();
+    assert_eq!(r.status(), 507, "{:?}", r.text().await);
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503, "a download on a full disk");
+    assert!(r.headers().contains_key("retry-after"));
+    std::fs::remove_file(&filler).unwrap();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap()[..] == data[..]);
+    assert_eq!(mint().await.unwrap().status(), 201);
+    shutdown.cancel();
+    handle.wait().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_gets_503_and_loses_nothing() {
     let node = start().await;

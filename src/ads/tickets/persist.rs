@@ -239,9 +239,20 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, wake: Arc<Notify>) {
                 }
             }
             Err(e) => {
-                // Replies of operations applied before the failure are dropped with the
-                // batch; their senders see the channel close and report an error.
+                // Every waiting caller learns why (a full disk is a 507, a busy database a
+                // 503), not just that the writer went away.
                 tracing::error!(error = %e, "ticket state batch failed to commit");
+                for r in replies {
+                    match r {
+                        Reply::Ack(a) => {
+                            let _ = a.send(Err(e.duplicate()));
+                        }
+                        Reply::Load(s, _) => {
+                            let _ = s.send(Err(e.duplicate()));
+                        }
+                        Reply::None | Reply::Ids(..) => {}
+                    }
+                }
             }
         }
     }
