@@ -162,6 +162,10 @@ pub fn router(state: Arc<AdsState>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
         })
+        // Outermost: a refusal before the body is read still reaches HTTP/2 clients.
+        .layer(middleware::from_fn(
+            crate::net::early_response::drain_refused_bodies,
+        ))
         .with_state(state)
 }
 

@@ -7,6 +7,8 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
+
+use crate::net::early_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -59,6 +61,7 @@ pub fn dm_router(state: Arc<DmsState>) -> Router {
             guard::limit_rate,
         ))
         .route("/healthz", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn(early_response::drain_refused_bodies))
         .with_state(state)
 }
 
@@ -129,6 +132,7 @@ pub fn api_router(state: Arc<DmsState>) -> Router {
             guard::limit_rate,
         ))
         .route("/healthz", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn(early_response::drain_refused_bodies))
         .with_state(state)
 }
 

@@ -4,6 +4,7 @@
 //! failed-auth limits of command endpoints, and (`wire`) what a download connection's peer has
 //! acknowledged.
 
+pub mod early_response;
 pub mod guard;
 pub mod h2_idle;
 pub mod listener;

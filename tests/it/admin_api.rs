@@ -418,3 +418,56 @@ async fn publish_and_mint_commands_drive_the_admin_api() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401"), "{err}");
 }
+
+/// A refused upload over HTTP/2 is answered and then read to its end, not reset: curl 7.88
+/// (Debian 12's) drops an answer followed by RST_STREAM and fails with "stream error in the
+/// HTTP/2 framing layer" (exit 92), so an operator with a mistyped token would never see the
+/// 401. Checked at the frame level: the 401 arrives while the body is still being sent, and
+/// the rest of the body is still accepted afterwards (the stream was not reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_over_http2_is_answered_then_read_not_reset() {
+    let node = start().await;
+    let mut config = scomo_ads::net::tls::client_config_trusting(&node.cert()).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(node.handle.admin_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post(node.admin("/v1/components?name=fw&version=1"))
+        .header("authorization", "Bearer wrong")
+        .header("content-length", "300000")
+        .body(())
+        .unwrap();
+    let (response, mut upload) = client.send_request(req, false).unwrap();
+    upload
+        .send_data(bytes::Bytes::from(pattern(50_000, 1)), false)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 401);
+    // The answer is complete; the node now reads the rest instead of resetting the stream.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rest = bytes::Bytes::from(pattern(250_000, 2));
+    upload.reserve_capacity(rest.len());
+    let sent = upload.send_data(rest, true);
+    let reset = std::future::poll_fn(|cx| match upload.poll_reset(cx) {
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+    })
+    .await;
+    assert!(
+        sent.is_ok() && reset.is_none(),
+        "the node reset the stream: {sent:?} {reset:?}"
+    );
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&got).contains("unauthorized"));
+}
