@@ -115,6 +115,11 @@ impl Metrics {
                     + r(&self.admin_connections.refused_per_ip),
             ),
             (
+                "scomo_ads_connections_shed_total",
+                "Idle connections closed to make room while a listener's connection cap was nearly full.",
+                r(&self.download_connections.shed_total) + r(&self.admin_connections.shed_total),
+            ),
+            (
                 "scomo_ads_admin_rate_limited_total",
                 "Admin API requests refused with 429 for their client's request rate.",
                 r(&admin_refused.rate_limited),

@@ -36,6 +36,7 @@ use super::parking::{Activity, TlsConn, PARK_AFTER};
 /// Looked at every [`PARK_AFTER`] while requests come, every `idle / 4` once quiet; so the
 /// GOAWAY comes between `idle` and 1.25 × `idle` after the last request.
 ///
+/// Under pressure (`gauge.shed`), a connection quiet for longer than `first_request` closes.
 /// A connection that has not started a request yet gets `first_request` (the head timeout)
 /// instead of `idle`: a client that completes a handshake and says nothing must not hold a
 /// slot of the connection cap for the whole idle timeout.
@@ -44,6 +45,7 @@ pub async fn serve_until_idle<C: GracefulConnection>(
     activity: &Activity,
     idle: Duration,
     first_request: Duration,
+    gauge: &ConnectionGauge,
     shutdown: &CancellationToken,
 ) -> C::Output {
     let mut conn = std::pin::pin!(conn);
@@ -67,6 +69,15 @@ pub async fn serve_until_idle<C: GracefulConnection>(
             _ = shutdown.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            // Under pressure, a connection quiet for longer than the head timeout makes room.
+            _ = gauge.shed.notified(), if !closing => {
+                let (started, answering) = activity.requests();
+                if started == seen && !answering && quiet_since.elapsed() >= first_request {
+                    gauge.shed_total.fetch_add(1, Ordering::Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
             _ = tokio::time::sleep(tick), if !closing => {
                 let (started, answering) = activity.requests();

@@ -76,7 +76,15 @@ pub struct ConnectionGauge {
     /// Open HTTP/2 connections quiet between requests, their TLS buffers freed (see
     /// [`super::h2_idle`]).
     pub quiet_h2: AtomicU64,
+    /// Rung when the listener's connection cap is nearly full: idle connections that have
+    /// waited longer than the head timeout close, to make room (load shedding).
+    pub shed: tokio::sync::Notify,
+    /// Idle connections closed that way.
+    pub shed_total: AtomicU64,
 }
+
+/// Below this share of free slots (1/10) the listener sheds its long-idle connections.
+const SHED_BELOW_FREE_TENTHS: usize = 1;
 
 /// Open connections per client IP. A std mutex: held for one map update, never across an await.
 #[derive(Default)]
@@ -184,6 +192,11 @@ pub async fn serve<M, S, B>(
                 Err(_) => break,
             },
         };
+        // Nearly full: idle connections make way for new ones, the longest-idle first (each
+        // checks its own idle time against the head timeout).
+        if slots.available_permits() * 10 < policy.max_connections * SHED_BELOW_FREE_TENTHS {
+            gauge.shed.notify_waiters();
+        }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -296,6 +309,7 @@ pub async fn serve<M, S, B>(
                             &activity,
                             policy.idle_timeout,
                             policy.header_read_timeout,
+                            &gauge,
                             &shutdown,
                         ))
                         .await

@@ -262,7 +262,9 @@ where
         }
         // A request began arriving as hyper stopped: serve it at once.
         let first = (io.activity.requests().0 == 0).then_some(first_deadline);
-        if io.replay.is_empty() && !wait_for_next_request(&mut io, first, gauge, shutdown).await {
+        if io.replay.is_empty()
+            && !wait_for_next_request(&mut io, first, first_request, gauge, shutdown).await
+        {
             return Ok(());
         }
     }
@@ -328,9 +330,13 @@ where
 
 /// Waits, parked, for the client's next bytes: true when they arrive, false when the
 /// connection should close (idle deadline, shutdown, socket error).
+///
+/// Under pressure (the listener rings `gauge.shed`), a connection parked for longer than
+/// `shed_after` closes at once.
 async fn wait_for_next_request(
     io: &mut ParkableIo,
     first_deadline: Option<tokio::time::Instant>,
+    shed_after: Duration,
     gauge: &ConnectionGauge,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -345,10 +351,19 @@ async fn wait_for_next_request(
     let timed = io.inner.get_ref();
     let deadline = first_deadline.map_or(timed.idle_deadline(), |d| d.min(timed.idle_deadline()));
     gauge.parked.fetch_add(1, Ordering::Relaxed);
-    let woke = tokio::select! {
-        r = timed.get_ref().readable() => Some(r.is_ok()),
-        _ = tokio::time::sleep_until(deadline) => None,
-        _ = shutdown.cancelled() => Some(false),
+    let parked_at = tokio::time::Instant::now();
+    let woke = loop {
+        tokio::select! {
+            r = timed.get_ref().readable() => break Some(r.is_ok()),
+            _ = tokio::time::sleep_until(deadline) => break None,
+            _ = shutdown.cancelled() => break Some(false),
+            _ = gauge.shed.notified() => {
+                if parked_at.elapsed() >= shed_after {
+                    gauge.shed_total.fetch_add(1, Ordering::Relaxed);
+                    break None;
+                }
+            }
+        }
     };
     gauge.parked.fetch_sub(1, Ordering::Relaxed);
     if let Some(go_on) = woke {

@@ -603,3 +603,59 @@ async fn an_idle_plain_http2_connection_is_closed() {
     .unwrap();
     one_request_then_closed_as_idle(&mut send, tokio::spawn(conn)).await;
 }
+
+/// With the connection cap nearly full, keep-alive connections idle for longer than the head
+/// timeout are closed to make room (load shedding); under no pressure they live the idle
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_listener_sheds_its_long_idle_connections() {
+    let node = start_with(|c| {
+        c.max_connections = 10;
+        c.header_read_timeout_secs = 1;
+        c.idle_timeout_secs = 60;
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut s = tls_connect(&node.cert(), node.handle.download_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        idle.push(s);
+    }
+    assert!(parked_becomes(&node, 5).await);
+    // Idle past the head timeout, but far from the idle timeout: nothing happens by itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(parked_becomes(&node, 5).await, "closed without pressure");
+    // Four more connections take the listener to 9 of 10: pressure.
+    let mut fresh = Vec::new();
+    for _ in 0..4 {
+        fresh.push(
+            tls_connect(&node.cert(), node.handle.download_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    for s in &mut idle {
+        assert!(
+            closed_within(s, 5).await,
+            "a long-idle connection was not shed"
+        );
+    }
+    assert!(node.metric("scomo_ads_connections_shed_total").await >= 5);
+    // The fresh connections are served.
+    for s in &mut fresh {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 404"));
+    }
+}
