@@ -226,6 +226,9 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
             horizon: Duration::from_secs(config.callback_horizon_secs),
             timeout: Duration::from_secs(config.callback_timeout_secs),
             concurrency: config.callback_concurrency,
+            allow: Some(crate::webhook::allow::AllowList::new(
+                config.callback_allow_hosts.clone(),
+            )),
         },
         wake: callback_wake.clone(),
         stats: metrics.callbacks.clone(),

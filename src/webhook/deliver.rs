@@ -28,6 +28,9 @@ pub struct DeliveryPolicy {
     pub timeout: Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Where callbacks may go, checked before each attempt (the ADS's allow-list); `None`
+    /// for receivers the operator configured (the DMS's EMI webhook).
+    pub allow: Option<super::allow::AllowList>,
 }
 
 impl Default for DeliveryPolicy {
@@ -38,6 +41,7 @@ impl Default for DeliveryPolicy {
             horizon: Duration::from_secs(3 * 24 * 3600),
             timeout: Duration::from_secs(10),
             concurrency: 16,
+            allow: None,
         }
     }
 }
@@ -183,6 +187,14 @@ impl Dispatcher {
     }
 
     async fn send(&self, event: &Pending) -> Outcome {
+        if let Some(allow) = &self.policy.allow {
+            if let Err(e) = allow.check_send(&event.url).await {
+                return Outcome::Failed {
+                    error: e.to_string(),
+                    retry_after: None,
+                };
+            }
+        }
         let ts = now_ms() / 1000;
         let signature = self
             .signer

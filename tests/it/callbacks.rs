@@ -558,3 +558,62 @@ async fn a_redirecting_receiver_does_not_forward_the_signed_callback() {
         .to_string();
     assert!(error.contains("redirects are not followed"), "{list}");
 }
+
+/// The allow-list is checked again when each callback is sent: a receiver dropped from
+/// `callback_allow_hosts` after minting gets nothing more, and the outbox says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_is_checked_again_at_send_time() {
+    let node = start_with(|c| c.callback_backoff_base_ms = 300).await;
+    let rx = Receiver::start().await;
+    rx.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+    let comp = node.publish(pattern(1000, 5), "fw", "1").await.id;
+    let m = node
+        .mint_with(json!({"component": comp, "callback_url": rx.url}))
+        .await;
+    let c = client(&node.cert());
+    assert_eq!(
+        c.get(&m.url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        1000
+    );
+    // The first attempt fails (500); the retry is due in ~300 ms, after the restart.
+    assert!(wait_until(10, || !rx.all().is_empty()).await);
+    let dir = node.dir;
+    node.shutdown.cancel();
+    node.handle.wait().await;
+    let mut cfg = test_config(dir.path());
+    cfg.callback_allow_hosts = vec!["localhost".into()];
+    cfg.callback_backoff_base_ms = 300;
+    let again = scomo_ads::ads::start(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        rx.all().len(),
+        1,
+        "a callback went to a host no longer allowed"
+    );
+    let list: serde_json::Value = client(&again.cert_path)
+        .get(format!("{}/v1/callbacks?state=pending", again.admin_url))
+        .bearer_auth(&again.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = list["callbacks"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("not in the node's callback allow-list"),
+        "{list}"
+    );
+}

@@ -632,29 +632,13 @@ impl Tickets {
     }
 
     fn validate_callback(&self, url: &str) -> Result<(), TicketError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| TicketError::BadRequest(format!("callback_url is not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(TicketError::BadRequest(
-                "callback_url must be http:// or https://".into(),
-            ));
+        use crate::webhook::allow::{AllowList, NotAllowed};
+        let list = AllowList::new(self.inner.policy.callback_allow_hosts.clone());
+        match list.check_url(url) {
+            Ok(_) => Ok(()),
+            Err(NotAllowed::Host(host)) => Err(TicketError::CallbackHostNotAllowed(host)),
+            Err(e) => Err(TicketError::BadRequest(e.to_string())),
         }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| TicketError::BadRequest("callback_url has no host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let allowed = self
-            .inner
-            .policy
-            .callback_allow_hosts
-            .iter()
-            .any(|h| h == "*" || h.eq_ignore_ascii_case(&host));
-        if !allowed {
-            return Err(TicketError::CallbackHostNotAllowed(host));
-        }
-        Ok(())
     }
 
     /// Mints a ticket and its URL; returns once the ticket is durable.
