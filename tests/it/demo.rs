@@ -40,6 +40,8 @@ fn demo_runs_every_flow_and_passes() {
     assert!(std::fs::read_to_string(&log).unwrap().contains("INFO"));
 }
 
+const UP_SECRET: &str = "whsec_dXAtc2VjcmV0LWZyb20tdGhlLWVudmlyb25tZW50";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_ads_and_the_dms_together() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,6 +59,7 @@ async fn up_serves_the_ads_and_the_dms_together() {
         .arg(&cfg)
         .env_remove("SCOMO_ADS_ADMIN_TOKEN")
         .env_remove("SCOMO_DMS_API_TOKEN")
+        .env("SCOMO_ADS_CALLBACK_SECRET", UP_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -81,6 +84,11 @@ async fn up_serves_the_ads_and_the_dms_together() {
         admin.expect("ADS admin printed"),
     );
     let data = dir.path().join("data");
+    // The ADS signs with the secret from the environment, and the DMS verifies with it.
+    assert_eq!(
+        std::fs::read_to_string(data.join("ads/callback.secret")).unwrap(),
+        UP_SECRET
+    );
     for (url, cert) in [
         (api, data.join("dms/tls/cert.pem")),
         (admin, data.join("ads/tls/cert.pem")),
