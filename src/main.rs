@@ -104,8 +104,11 @@ fn install_logging(cli: &Cli) -> Option<std::path::PathBuf> {
             .init();
         return Some(path);
     }
+    // Colours only for a person at a terminal: log files and pipelines get plain text.
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(colours)
         .with_writer(std::io::stderr)
         // A closed stderr must not turn into a panic (tracing's own complaint goes to stderr).
         .log_internal_errors(false)
@@ -232,15 +235,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("starting the ADS node")?;
     print_ads(&node);
-    say!(
-        "ready {}",
-        serde_json::json!({
-            "download": node.download_addr.to_string(),
-            "admin": node.admin_addr.to_string(),
-            "http": node.http_addr.map(|a| a.to_string()),
-            "public_url": node.public_url,
-        })
-    );
+    say!("ready {}", ads_ready(&node));
     node.wait().await;
     Ok(())
 }
@@ -320,10 +315,7 @@ async fn dms(args: DmsArgs) -> anyhow::Result<()> {
         .context("starting the DMS")?;
     print_dms(&h);
     say!("certificate   {}", h.cert_path.display());
-    say!(
-        "ready {}",
-        serde_json::json!({"dm": h.dm_url, "api": h.api_url, "http": h.http_addr.map(|a| a.to_string())})
-    );
+    say!("ready {}", dms_ready(&h));
     h.wait().await;
     Ok(())
 }
@@ -472,6 +464,36 @@ async fn up(args: ServeArgs) -> anyhow::Result<()> {
         dms.data_dir.join("api.token").display(),
         dms.api_url
     );
+    // The same machine-readable line as `serve` and `dms`, both sets of endpoints in one.
+    let mut ready = ads_ready(&node);
+    if let (Some(all), serde_json::Value::Object(dms_part)) =
+        (ready.as_object_mut(), dms_ready(&dms))
+    {
+        all.extend(dms_part.into_iter().map(|(k, v)| {
+            let key = if k == "http" {
+                "dms_http".to_string()
+            } else {
+                k
+            };
+            (key, v)
+        }));
+    }
+    say!("ready {ready}");
     tokio::join!(node.wait(), dms.wait());
     Ok(())
+}
+
+/// The ADS part of the `ready {...}` line.
+fn ads_ready(node: &scomo_ads::ads::AdsHandle) -> serde_json::Value {
+    serde_json::json!({
+        "download": node.download_addr.to_string(),
+        "admin": node.admin_addr.to_string(),
+        "http": node.http_addr.map(|a| a.to_string()),
+        "public_url": node.public_url,
+    })
+}
+
+/// The DMS part of the `ready {...}` line.
+fn dms_ready(h: &scomo_ads::dms::DmsHandle) -> serde_json::Value {
+    serde_json::json!({"dm": h.dm_url, "api": h.api_url, "http": h.http_addr.map(|a| a.to_string())})
 }

@@ -67,21 +67,36 @@ async fn up_serves_the_ads_and_the_dms_together() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut api = None;
     let mut admin = None;
-    for _ in 0..40 {
+    let mut ready = None;
+    for _ in 0..60 {
         let Some(Ok(l)) = lines.next() else { break };
+        if let Some(json) = l.strip_prefix("ready ") {
+            ready = Some(serde_json::from_str::<serde_json::Value>(json).unwrap());
+        }
         if let Some(u) = l.strip_prefix("DMS EMI API   ") {
             api = Some(u.trim().to_string());
         }
         if let Some(u) = l.strip_prefix("ADS admin     ") {
             admin = Some(u.trim().to_string());
         }
-        if api.is_some() && admin.is_some() {
+        if api.is_some() && admin.is_some() && ready.is_some() {
             break;
         }
     }
     let (api, admin) = (
         api.expect("DMS API printed"),
         admin.expect("ADS admin printed"),
+    );
+    // The same machine-readable line as `serve` and `dms`, with both sets of endpoints.
+    let ready = ready.expect("a ready line");
+    assert_eq!(
+        format!("https://{}", ready["admin"].as_str().unwrap()),
+        admin
+    );
+    assert_eq!(ready["api"].as_str().unwrap(), api);
+    assert!(
+        ready["download"].is_string() && ready["dm"].is_string(),
+        "{ready}"
     );
     let data = dir.path().join("data");
     // The ADS signs with the secret from the environment, and the DMS verifies with it.
