@@ -41,13 +41,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SCOMO_ADS_DATA")]
     pub data: Option<PathBuf>,
     /// HTTPS download listener address.
-    #[arg(long, env = "SCOMO_ADS_LISTEN")]
+    #[arg(long, env = "SCOMO_ADS_LISTEN", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
     /// HTTPS admin API listener address.
-    #[arg(long, env = "SCOMO_ADS_ADMIN_LISTEN")]
+    #[arg(long, env = "SCOMO_ADS_ADMIN_LISTEN", value_parser = listen_addr)]
     pub admin_listen: Option<SocketAddr>,
     /// Optional plain-HTTP download listener address.
-    #[arg(long, env = "SCOMO_ADS_HTTP_LISTEN")]
+    #[arg(long, env = "SCOMO_ADS_HTTP_LISTEN", value_parser = listen_addr)]
     pub http_listen: Option<SocketAddr>,
     /// Scheme://host:port used in minted URLs (the address devices reach, behind NAT/proxies).
     #[arg(long, env = "SCOMO_ADS_PUBLIC_URL")]
@@ -126,13 +126,13 @@ pub struct DmsArgs {
     #[arg(long, env = "SCOMO_DMS_DATA")]
     pub data: Option<PathBuf>,
     /// HTTPS listener for devices (`POST /dm`).
-    #[arg(long, env = "SCOMO_DMS_LISTEN")]
+    #[arg(long, env = "SCOMO_DMS_LISTEN", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
     /// Optional plain-HTTP listener for devices.
-    #[arg(long, env = "SCOMO_DMS_HTTP_LISTEN")]
+    #[arg(long, env = "SCOMO_DMS_HTTP_LISTEN", value_parser = listen_addr)]
     pub http_listen: Option<SocketAddr>,
     /// HTTPS listener for the EMI API.
-    #[arg(long, env = "SCOMO_DMS_API_LISTEN")]
+    #[arg(long, env = "SCOMO_DMS_API_LISTEN", value_parser = listen_addr)]
     pub api_listen: Option<SocketAddr>,
     /// The DM URL given to devices.
     #[arg(long, env = "SCOMO_DMS_PUBLIC_URL")]
@@ -181,7 +181,7 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "./data/device/state.json")]
     pub state: PathBuf,
     /// Where to listen for package 0 (plain HTTP, `POST /notify`).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = listen_addr)]
     pub notify_listen: SocketAddr,
     /// Provision the device(s) on the DMS through its EMI API first (URL of the API).
     #[arg(long)]
@@ -245,4 +245,17 @@ pub struct DemoArgs {
     /// Keep the demo's data here (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub data: Option<PathBuf>,
+}
+
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a host name that resolves
+/// (`localhost:8443`); the first address the name resolves to is used.
+pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text}: not IP:PORT or HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{text}: the host name resolves to no address"))
 }

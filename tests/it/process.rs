@@ -328,3 +328,26 @@ fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         "ANSI codes in a piped log: {stderr:?}"
     );
 }
+
+#[test]
+fn listen_addresses_may_name_a_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, ready, _lines) = serve_with_env(
+        dir.path(),
+        &[
+            ("SCOMO_ADS_LISTEN", "localhost:0"),
+            ("SCOMO_ADS_ADMIN_LISTEN", "localhost:0"),
+        ],
+        &[],
+    );
+    let download: std::net::SocketAddr = ready["download"].as_str().unwrap().parse().unwrap();
+    assert!(download.ip().is_loopback(), "{ready}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "no-such-host.invalid:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-host.invalid:1"));
+}
