@@ -17,6 +17,8 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} is not a regular file: publish uploads one file")]
+    NotAFile(PathBuf),
     #[error("no admin token: set SCOMO_ADS_ADMIN_TOKEN or point --data at the node's directory")]
     NoToken,
     #[error("request to the admin API failed: {0}")]
@@ -116,7 +118,12 @@ impl AdminClient {
             source,
         };
         let f = tokio::fs::File::open(file).await.map_err(read_err)?;
-        let total = f.metadata().await.map_err(read_err)?.len();
+        let meta = f.metadata().await.map_err(read_err)?;
+        if !meta.is_file() {
+            // A directory opens fine and fails only mid-upload, as an opaque stream error.
+            return Err(ClientError::NotAFile(file.to_path_buf()));
+        }
+        let total = meta.len();
         let mut sent = 0u64;
         let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map(move |chunk| {
             if let Ok(c) = &chunk {

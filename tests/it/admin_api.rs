@@ -471,3 +471,26 @@ async fn a_refused_upload_over_http2_is_answered_then_read_not_reset() {
     }
     assert!(String::from_utf8_lossy(&got).contains("unauthorized"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_a_directory_says_so_in_one_line() {
+    let node = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(bin())
+        .arg("publish")
+        .arg(dir.path())
+        .args(["--name", "cli", "--version", "2"])
+        .arg("--data")
+        .arg(node.dir.path())
+        .args(["--admin-url", &node.handle.admin_url])
+        .env_remove("SCOMO_ADS_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("is not a regular file"), "{stderr}");
+    assert!(node.components().await.is_empty(), "nothing was published");
+}
