@@ -324,7 +324,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         metrics.admin_connections.clone(),
         shutdown.clone(),
     ));
-    tracing::info!(%download_addr, %admin_addr, ?http_addr, %public_url, "ADS node started");
+    tracing::info!(%download_addr, %admin_addr, http_addr = http_addr.map(tracing::field::display), %public_url, "ADS node started");
     Ok(AdsHandle {
         download_addr,
         admin_addr,

@@ -395,7 +395,7 @@ impl Engine {
         } else if code == StatusCode::InvalidCredentials {
             // 407 (no credentials yet) is the normal first step of a challenge, not a guess.
             let backoff = self.auth_throttle.failed(&throttle_key);
-            tracing::info!(device = %dev.id, status = code.code(), ?backoff, "device authentication failed");
+            tracing::info!(device = %dev.id, status = code.code(), backoff_ms = backoff.map(|d| d.as_millis() as u64), "device authentication failed");
         }
         Ok(Self::hdr_status(
             &msg.header,
@@ -553,7 +553,7 @@ impl Engine {
             .run(move |st| st.finish_job(&j, url.as_deref()))
             .await?;
         self.wake.notify_one();
-        tracing::info!(job = %job.id, device = %job.device, ok, ?result, "job finished");
+        tracing::info!(job = %job.id, device = %job.device, ok, result, "job finished");
         Ok(())
     }
 

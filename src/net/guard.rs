@@ -229,7 +229,7 @@ impl EndpointGuard {
         } else {
             self.refused.bad_credentials.fetch_add(1, Ordering::Relaxed);
             let backoff = self.auth.failed(&identity);
-            tracing::info!(client = %identity, ?backoff, "bearer token refused");
+            tracing::info!(client = %identity, backoff_ms = backoff.map(|d| d.as_millis() as u64), "bearer token refused");
             Err(None)
         }
     }
