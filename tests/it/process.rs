@@ -327,6 +327,11 @@ fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         !stderr.contains('\x1b'),
         "ANSI codes in a piped log: {stderr:?}"
     );
+    // Values are logged as values: an absent one is left out, not written `None`.
+    assert!(
+        !stderr.contains("Some(") && !stderr.contains("=None"),
+        "{stderr}"
+    );
 }
 
 #[test]
