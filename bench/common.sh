@@ -95,3 +95,40 @@ NGINX
   sleep 0.5
 }
 ng_sign() { echo -n "$NG_EXPIRES$1 $NG_SECRET" | openssl md5 -binary | openssl base64 | tr +/ -_ | tr -d =; }
+
+# bench_mint_lua FILE COMPONENT TOKEN: a wrk script POSTing mint requests for COMPONENT, each
+# thread writing the minted URL paths to $WORK/once.<random>.part (cat them together after).
+bench_mint_lua() {
+  cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.body = '{"component":"$2","ttl_secs":3600}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $3"
+local f
+init = function() f = io.open("$WORK/once." .. tostring(math.random(1, 1e9)) .. ".part", "w") end
+response = function(status, headers, body)
+  local path = body:match('"url":"https://[^/]+(/d/[^"]+)"')
+  if path then f:write(path, "\n"); f:flush() end
+end
+LUA
+}
+
+# bench_walk_lua FILE: a wrk script GETting the paths listed in its argument file, each of
+# wrk's two threads walking its own half (their Lua states share one random seed, so random
+# starting points would make both walk the same tickets and half the requests would be cheap
+# 410s).
+bench_walk_lua() {
+  cat > "$1" <<'LUA'
+local threads = 0
+setup = function(thread) thread:set("id", threads); threads = threads + 1 end
+local paths, i = {}, 0
+init = function(args)
+  for l in io.lines(args[1]) do paths[#paths + 1] = l end
+  i = id * math.floor(#paths / 2)
+end
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+LUA
+}

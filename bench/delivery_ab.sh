@@ -38,35 +38,11 @@ done
 # mint NAME COMPONENT SECONDS: one-time URL paths minted for that long, in $WORK/NAME.paths.
 mint() {
   rm -f "$WORK"/once.*.part
-  cat > "$WORK/mint.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"component":"$2","ttl_secs":3600}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer ${TOKEN[$1]}"
-local f
-init = function() f = io.open("$WORK/once." .. tostring(math.random(1, 1e9)) .. ".part", "w") end
-response = function(status, headers, body)
-  local path = body:match('"url":"https://[^/]+(/d/[^"]+)"')
-  if path then f:write(path, "\n"); f:flush() end
-end
-LUA
+  bench_mint_lua "$WORK/mint.lua" "$2" "${TOKEN[$1]}"
   wrk -t2 -c32 -d"$3"s -s "$WORK/mint.lua" "${ADMIN[$1]}/v1/tickets" > /dev/null 2>&1
   cat "$WORK"/once.*.part > "$WORK/$1.paths"
 }
-# Each wrk thread walks its own half of the list (see run.sh).
-cat > "$WORK/walk.lua" <<'LUA'
-local threads = 0
-setup = function(thread) thread:set("id", threads); threads = threads + 1 end
-local paths, i = {}, 0
-init = function(args)
-  for l in io.lines(args[1]) do paths[#paths + 1] = l end
-  i = id * math.floor(#paths / 2)
-end
-request = function()
-  i = i % #paths + 1
-  return wrk.format("GET", paths[i])
-end
-LUA
+bench_walk_lua "$WORK/walk.lua"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # measure NAME WRK_ARGS...: "req/s cpu_us_per_request"; non-2xx answers are reported.
 measure() {

@@ -141,19 +141,7 @@ compare "plain HTTP 1 KiB"           "req/s" "rps_of '$OURS_PLAIN'" "rps_of '$NG
 # Minting rate (wrk POSTing to the admin API), keeping the URLs: every one-time request below
 # then uses a fresh single-use ticket.
 ID1K=$(cat "$WORK/1k.id")
-cat > "$WORK/mint.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"component":"$ID1K","ttl_secs":3600}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $TOKEN"
-local f
-setup = function(thread) thread:set("id", tostring(thread)) end
-init = function() f = io.open("$WORK/once." .. tostring(math.random(1, 1e9)) .. ".part", "w") end
-response = function(status, headers, body)
-  local path = body:match('"url":"https://[^/]+(/d/[^"]+)"')
-  if path then f:write(path, "\n"); f:flush() end
-end
-LUA
+bench_mint_lua "$WORK/mint.lua" "$ID1K" "$TOKEN"
 mint_out=$(wrk -t2 -c32 -d${MINT_SECONDS:-10}s -s "$WORK/mint.lua" "https://$OURS_ADMIN/v1/tickets" 2>&1)
 MINT_RATE=$(echo "$mint_out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
 cat "$WORK"/once.*.part > "$WORK/once.paths"
@@ -167,23 +155,7 @@ for i in range(n):
     md5 = base64.urlsafe_b64encode(hashlib.md5(f"{exp}{uri} {secret}".encode()).digest()).decode().rstrip("=")
     print(f"{uri}?md5={md5}&expires={exp}&n={i}")
 PY
-# Each of wrk's two threads walks its own half of the list: its per-thread Lua states share one
-# random seed, so random starting points would make both threads walk the same tickets and
-# half the requests would be cheap 410s (which is what this scenario measured until the
-# third session).
-cat > "$WORK/walk.lua" <<'LUA'
-local threads = 0
-setup = function(thread) thread:set("id", threads); threads = threads + 1 end
-local paths, i = {}, 0
-init = function(args)
-  for l in io.lines(args[1]) do paths[#paths + 1] = l end
-  i = id * math.floor(#paths / 2)
-end
-request = function()
-  i = i % #paths + 1
-  return wrk.format("GET", paths[i])
-end
-LUA
+bench_walk_lua "$WORK/walk.lua"
 # A run short enough that the minted tickets outnumber the requests (each served once).
 ONCE_SECONDS=${ONCE_SECONDS:-2}
 # "req/s p99"; any non-2xx response (a ticket served twice) is reported: it would flatter.
