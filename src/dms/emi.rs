@@ -16,11 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::catalog::Build;
-use super::engine::{new_job, Engine, EngineError};
+use super::engine::{AdsEvent, Engine, EngineError};
+use super::job::{Delivery, Job, JobOp, JobSource, Step};
 use super::notify;
-use super::store::{now_ms, Device, DmsStore, JobOp};
+use super::store::{now_ms, Device, DmsStore};
 use crate::ads::content::{self, IngestError};
 use crate::net::guard::{self, EndpointGuard};
+use crate::webhook::event::DownloadEventKind;
 
 /// Shared state of the DMS routers.
 pub struct DmsState {
@@ -32,7 +34,7 @@ pub struct DmsState {
     pub api_token: String,
     pub max_message_bytes: usize,
     pub max_component_bytes: u64,
-    pub default_delivery: String,
+    pub default_delivery: Delivery,
     /// Request rate of `/dm`.
     pub dm_guard: Arc<EndpointGuard>,
     /// Request rate and token backoff of the EMI API.
@@ -160,15 +162,28 @@ async fn ads_callback(
             "the callback signature does not verify against any configured ADS node",
         );
     };
-    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            "the callback body is not JSON",
-        );
+    let event = match serde_json::from_slice::<AdsEvent>(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            // A newer node may send kinds we do not know yet: acknowledge and ignore them
+            // (a refusal would only make the node retry them until they die).
+            let kind = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("event")?.as_str().map(String::from));
+            let known = |k: &str| serde_json::from_value::<DownloadEventKind>(json!(k)).is_ok();
+            if let Some(kind) = kind.filter(|k| !known(k)) {
+                tracing::info!(node = %node.name, event = %kind, error = %e, "ADS callback of an unknown kind ignored");
+                return StatusCode::NO_CONTENT.into_response();
+            }
+            return err(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("the callback body is not a download event: {e}"),
+            );
+        }
     };
-    tracing::info!(node = %node.name, event = %payload["event"], "ADS callback");
-    match state.engine.on_ads_callback(&payload).await {
+    tracing::info!(node = %node.name, event = event.event.as_str(), "ADS callback");
+    match state.engine.on_ads_callback(&event).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => storage(e),
     }
@@ -370,14 +385,17 @@ async fn create_job(
         Ok(b) => b,
         Err(e) => return err(StatusCode::BAD_REQUEST, "bad_json", e.body_text()),
     };
-    let delivery = b.delivery.unwrap_or_else(|| state.default_delivery.clone());
-    if !matches!(delivery.as_str(), "dm" | "alternate" | "auto") {
+    let Some(delivery) = b
+        .delivery
+        .as_deref()
+        .map_or(Some(state.default_delivery), Delivery::parse)
+    else {
         return err(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "delivery must be dm, alternate or auto",
         );
-    }
+    };
     if b.operation != JobOp::Inventory && b.component.as_deref().is_none_or(str::is_empty) {
         return err(
             StatusCode::BAD_REQUEST,
@@ -397,19 +415,15 @@ async fn create_job(
         }
         Err(e) => return storage(e),
     }
-    let mut job = new_job(
+    let mut job = Job::new(
         &b.device,
         b.operation,
         b.component,
-        &delivery,
+        delivery,
         b.inventory_first,
-        "emi",
+        JobSource::Emi,
     );
-    job.timeline.push(super::store::Step {
-        step: "emi_request".into(),
-        at_ms: now_ms(),
-        detail: Some(format!("{:?}", b.operation)),
-    });
+    job.record(Step::EmiRequest, Some(format!("{:?}", b.operation)));
     let j = job.clone();
     if let Err(e) = state.store.run(move |s| s.put_job(&j)).await {
         return storage(e);

@@ -6,6 +6,7 @@ pub mod ads_client;
 pub mod catalog;
 pub mod emi;
 pub mod engine;
+pub mod job;
 pub mod notify;
 pub mod store;
 
@@ -130,6 +131,9 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         .clone()
         .unwrap_or_else(|| format!("https://{dm_addr}/dm"));
 
+    // Validated with the rest of the configuration; `dm` is the documented default.
+    let default_delivery =
+        job::Delivery::parse(&config.default_delivery).unwrap_or(job::Delivery::Dm);
     let wake = Arc::new(tokio::sync::Notify::new());
     let ads = Arc::new(ads_client::AdsPool::new(&config.ads_nodes)?);
     let ads_callback_url = config
@@ -153,7 +157,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
             fallback_to_dm: config.fallback_to_dm,
             max_delivery_attempts: config.max_delivery_attempts,
             ticket_ttl_secs: config.ticket_ttl_secs,
-            default_delivery: config.default_delivery.clone(),
+            default_delivery,
         },
         ads.clone(),
         wake.clone(),
@@ -174,7 +178,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         api_token: api_token.clone(),
         max_message_bytes: config.max_message_bytes,
         max_component_bytes: config.max_component_bytes,
-        default_delivery: config.default_delivery.clone(),
+        default_delivery,
         dm_guard: crate::net::guard::EndpointGuard::new(&config.dm_limits),
         api_guard: crate::net::guard::EndpointGuard::new(&config.api_limits),
     });

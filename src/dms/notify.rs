@@ -80,7 +80,7 @@ pub async fn renotify_loop(
                 Ok(x) => x,
                 Err(_) => continue,
             };
-            let needs_device = jobs.iter().any(|j| j.stage != "awaiting_result");
+            let needs_device = jobs.iter().any(|j| j.stage.needs_device());
             let last = dev.and_then(|d| d.last_notified_at_ms).unwrap_or(0);
             if needs_device && now_ms().saturating_sub(last) >= every.as_millis() as u64 {
                 let _ = notify(&store, &engine, &http, &server_id, &d).await;

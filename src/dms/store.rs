@@ -9,6 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::Build;
+pub use super::job::now_ms;
+use super::job::{Job, JobState, Step, TimelineEntry};
 use crate::syncml::tree::{DevDetail, DevInfo};
 use crate::webhook::outbox;
 
@@ -62,81 +64,6 @@ pub struct Device {
     pub last_notified_at_ms: Option<u64>,
 }
 
-/// Job operations (the EMI's `operation`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobOp {
-    Download,
-    DownloadInstall,
-    Install,
-    InstallInactive,
-    Remove,
-    Activate,
-    Deactivate,
-    Inventory,
-}
-
-impl JobOp {
-    pub fn is_delivery(self) -> bool {
-        matches!(self, JobOp::Download | JobOp::DownloadInstall)
-    }
-}
-
-/// Job lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-impl JobState {
-    pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed)
-    }
-}
-
-/// One step of a job's timeline, named after the seed flow's steps.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    pub step: String,
-    pub at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// A job.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Job {
-    pub id: String,
-    pub device: String,
-    pub operation: JobOp,
-    pub component: Option<String>,
-    /// `dm`, `alternate` or `auto`.
-    pub delivery: String,
-    /// Alternative flow 2: read DevDetail and the inventory before choosing.
-    pub inventory_first: bool,
-    /// `emi` or `device` (alternative flow 1).
-    pub source: String,
-    pub state: JobState,
-    /// Where the job's engine stands (see `jobs.rs`).
-    pub stage: String,
-    pub result_code: Option<u16>,
-    pub reason: Option<String>,
-    pub chosen_build: Option<String>,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-    pub timeline: Vec<Step>,
-    /// The Operations node Exec'd for this job, once known (alternate delivery uses Download).
-    #[serde(default)]
-    pub exec_path: Option<String>,
-    /// Alternate downloads retried with a fresh URL.
-    #[serde(default)]
-    pub retries: u32,
-}
-
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
@@ -173,13 +100,6 @@ pub struct DmsStore {
     conn: Arc<Mutex<Connection>>,
     catalog_dir: PathBuf,
     db_path: PathBuf,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl DmsStore {
@@ -329,11 +249,12 @@ impl DmsStore {
         &self,
         job_id: &str,
         event_id: &str,
-        step: &Step,
+        entry: &TimelineEntry,
     ) -> Result<bool, DmsStoreError> {
+        let step = serde_json::to_value(entry.step)?;
         let n = self.conn().execute(
             "INSERT OR IGNORE INTO ads_events (event_id, job_id, step, at_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![event_id, job_id, step.step, step.at_ms as i64, step.detail],
+            params![event_id, job_id, step.as_str(), entry.at_ms as i64, entry.detail],
         )?;
         Ok(n > 0)
     }
@@ -342,14 +263,20 @@ impl DmsStore {
         let mut stmt =
             conn.prepare_cached("SELECT step, at_ms, detail FROM ads_events WHERE job_id = ?1")?;
         let rows = stmt.query_map([&j.id], |r| {
-            Ok(Step {
-                step: r.get(0)?,
-                at_ms: r.get::<_, i64>(1)? as u64,
-                detail: r.get(2)?,
-            })
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?;
-        for s in rows {
-            j.timeline.push(s?);
+        for row in rows {
+            let (name, at_ms, detail) = row?;
+            let step: Step = serde_json::from_value(serde_json::Value::String(name))?;
+            j.timeline.push(TimelineEntry {
+                step,
+                at_ms,
+                detail,
+            });
         }
         j.timeline.sort_by_key(|s| s.at_ms);
         Ok(())

@@ -30,6 +30,7 @@ use super::metrics::Metrics;
 use super::object::{CorruptMeta, ServedObject};
 use super::store::{ComponentMeta, Store, StoreError};
 use super::token::{Keyring, TicketId};
+use crate::webhook::event::{DownloadEvent, DownloadEventKind};
 
 /// Why a ticket could not be minted, found or changed.
 #[derive(Debug, thiserror::Error)]
@@ -198,16 +199,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn rfc3339_ms(ms: Option<u64>) -> serde_json::Value {
-    match ms {
-        Some(ms) => serde_json::Value::from(
-            humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-            )
-            .to_string(),
-        ),
-        None => serde_json::Value::Null,
-    }
+fn rfc3339_ms(ms: Option<u64>) -> Option<String> {
+    ms.map(|ms| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    })
 }
 
 impl LiveTicket {
@@ -235,37 +233,42 @@ impl LiveTicket {
         }
     }
 
-    fn event(&self, kind: &'static str, snap: &Snapshot, node: &str) -> Option<NewEvent> {
+    fn event(&self, kind: DownloadEventKind, snap: &Snapshot, node: &str) -> Option<NewEvent> {
         let url = self.record.callback_url.clone()?;
         let event_id = crate::webhook::outbox::new_event_id();
-        let mut payload = serde_json::json!({
-            "event": kind,
-            "event_id": event_id,
-            "ticket_id": self.record.id.to_hex(),
-            "component_id": self.record.component_id,
-            "device_id": self.record.device_id,
-            "size": self.object.size,
-            "bytes_sent": snap.bytes_sent,
-            "requests": snap.requests,
-            "first_byte_at": rfc3339_ms(snap.first_byte_at_ms),
-            "node": node,
-            "context": self.record.context,
-        });
-        if kind == "download.completed" {
-            payload["completed_at"] = rfc3339_ms(snap.completed_at_ms);
-            payload["delivery"] = serde_json::Value::from(snap.deliveries);
+        let mut event = DownloadEvent {
+            event: kind,
+            event_id: event_id.clone(),
+            ticket_id: self.record.id.to_hex(),
+            component_id: self.record.component_id.clone(),
+            device_id: self.record.device_id.clone(),
+            size: self.object.size,
+            bytes_sent: snap.bytes_sent,
+            requests: snap.requests,
+            first_byte_at: rfc3339_ms(snap.first_byte_at_ms),
+            node: node.to_string(),
+            context: self.record.context.clone(),
+            completed_at: None,
+            delivery: None,
+            ended_at: None,
+            bytes_delivered: None,
+            ranges: None,
+        };
+        if kind == DownloadEventKind::Completed {
+            event.completed_at = rfc3339_ms(snap.completed_at_ms);
+            event.delivery = Some(snap.deliveries);
         } else {
             let mut delivered = snap.coverage.clone();
             delivered.merge(&snap.tentative);
-            payload["ended_at"] = rfc3339_ms(Some(now_ms()));
-            payload["bytes_delivered"] = serde_json::Value::from(delivered.covered());
-            payload["ranges"] = serde_json::to_value(delivered.intervals()).unwrap_or_default();
+            event.ended_at = rfc3339_ms(Some(now_ms()));
+            event.bytes_delivered = Some(delivered.covered());
+            event.ranges = Some(delivered.intervals().to_vec());
         }
         Some(NewEvent {
             event_id,
-            kind,
+            kind: kind.as_str(),
             url,
-            payload: payload.to_string(),
+            payload: serde_json::to_string(&event).unwrap_or_default(),
         })
     }
 }
@@ -373,7 +376,7 @@ impl RequestGuard {
         p.snap.deliveries += 1;
         p.snap.completed_at_ms = Some(now);
         let event = t.event(
-            "download.completed",
+            DownloadEventKind::Completed,
             &p.snap,
             &self.tickets.inner.policy.node,
         );
@@ -920,9 +923,9 @@ impl Tickets {
             }
             p.snap.state = to;
             let kind = if to == TicketState::Revoked {
-                "download.revoked"
+                DownloadEventKind::Revoked
             } else {
-                "download.expired"
+                DownloadEventKind::Expired
             };
             let event = t.event(kind, &p.snap, &self.inner.policy.node);
             let snap = p.snap.clone();
