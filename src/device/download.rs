@@ -30,13 +30,13 @@ pub enum FetchError {
 
 impl FetchError {
     /// The SCOMO result code for this failure (OMA-DM-NOTES.md §6).
-    pub fn result_code(&self) -> u16 {
+    pub fn result_code(&self) -> ResultCode {
         match self {
-            FetchError::Gone => ResultCode::AlternateDownloadUrlExpired.code(),
-            FetchError::Forbidden => ResultCode::AlternateDownloadAuthenticationFailure.code(),
-            FetchError::Unavailable(_) => ResultCode::AlternateDownloadServerUnavailable.code(),
-            FetchError::Validation => ResultCode::FailedPackageValidation.code(),
-            FetchError::Io(_) => ResultCode::DownloadFailedOutOfMemory.code(),
+            FetchError::Gone => ResultCode::AlternateDownloadUrlExpired,
+            FetchError::Forbidden => ResultCode::AlternateDownloadAuthenticationFailure,
+            FetchError::Unavailable(_) => ResultCode::AlternateDownloadServerUnavailable,
+            FetchError::Validation => ResultCode::FailedPackageValidation,
+            FetchError::Io(_) => ResultCode::DownloadFailedOutOfMemory,
         }
     }
 }
@@ -224,8 +224,11 @@ mod tests {
     fn content_range() {
         assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, 1000)));
         assert_eq!(parse_content_range("bytes */1000"), None);
-        assert_eq!(FetchError::Gone.result_code(), 1551);
-        assert_eq!(FetchError::Validation.result_code(), 1407);
-        assert_eq!(FetchError::Unavailable(String::new()).result_code(), 1501);
+        assert_eq!(FetchError::Gone.result_code().code(), 1551);
+        assert_eq!(FetchError::Validation.result_code().code(), 1407);
+        assert_eq!(
+            FetchError::Unavailable(String::new()).result_code().code(),
+            1501
+        );
     }
 }
