@@ -1,7 +1,7 @@
 //! SyncML DM XML (`application/vnd.syncml.dm+xml`) to [`Message`] and back.
 //!
 //! Decoding is two steps: quick-xml events into a small element tree under hard limits (bytes,
-//! depth, element count; DOCTYPE refused, so no entity can be declared, let alone expanded),
+//! depth, element count; only SyncML's standard DOCTYPE, never fetched, so no entity can be declared, let alone expanded),
 //! then the tree into the typed model by local names, so namespace prefixes, inline `xmlns`
 //! on every meta element, single or double quotes and pretty-printing all read the same.
 //! Encoding writes the canonical form: no prefixes, `syncml:metinf` declared on meta elements.
@@ -41,7 +41,7 @@ pub enum CodecError {
     TooManyElements(usize),
     #[error("message is not UTF-8")]
     NotUtf8,
-    #[error("DOCTYPE declarations are not accepted")]
+    #[error("only the standard SyncML DOCTYPE is accepted (no internal subset, no entities)")]
     DocType,
     #[error("malformed XML: {0}")]
     Xml(String),
@@ -120,7 +120,51 @@ fn local_name(raw: &[u8]) -> String {
     String::from_utf8_lossy(local).into_owned()
 }
 
-fn parse_tree(bytes: &[u8], limits: &Limits) -> Result<El, CodecError> {
+/// What a `<!DOCTYPE>` may be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DocTypes {
+    /// Only SyncML's public one (`SyncML PUBLIC "-//SYNCML//DTD SyncML 1.x//EN" "…"`), which
+    /// real clients send; its DTD is never fetched.
+    Standard,
+    /// Any, skipped unread: reading a refused message's header to answer it in SyncML. Nothing
+    /// declared in it is ever expanded (quick-xml expands no declared entity; a reference to
+    /// one is an error).
+    Skip,
+}
+
+/// Whether a DOCTYPE's content (between `<!DOCTYPE` and `>`) is SyncML's standard one:
+/// `SyncML PUBLIC "<public id>" ["<system id>"]`, with no internal subset.
+fn standard_doctype(content: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return false;
+    };
+    if text.contains('[') || text.contains('<') {
+        return false;
+    }
+    let mut rest = text.trim();
+    let word = |rest: &mut &str| -> Option<String> {
+        let r = rest.trim_start();
+        let (tok, tail) = if let Some(q) = r.strip_prefix('"') {
+            let end = q.find('"')?;
+            (q[..end].to_string(), &q[end + 1..])
+        } else {
+            let end = r.find(char::is_whitespace).unwrap_or(r.len());
+            (r[..end].to_string(), &r[end..])
+        };
+        *rest = tail;
+        Some(tok)
+    };
+    let root = word(&mut rest);
+    let kind = word(&mut rest);
+    let public_id = word(&mut rest).unwrap_or_default();
+    let _system_id = word(&mut rest);
+    root.as_deref() == Some("SyncML")
+        && kind.as_deref() == Some("PUBLIC")
+        && public_id.starts_with("-//SYNCML//DTD SyncML ")
+        && rest.trim().is_empty()
+}
+
+fn parse_tree(bytes: &[u8], limits: &Limits, doctypes: DocTypes) -> Result<El, CodecError> {
     if bytes.len() > limits.max_bytes {
         return Err(CodecError::TooLarge {
             size: bytes.len(),
@@ -191,7 +235,11 @@ fn parse_tree(bytes: &[u8], limits: &Limits) -> Result<El, CodecError> {
                     cur.text.push_str(s);
                 }
             }
-            Event::DocType(_) => return Err(CodecError::DocType),
+            Event::DocType(d) => {
+                if doctypes == DocTypes::Standard && !standard_doctype(&d) {
+                    return Err(CodecError::DocType);
+                }
+            }
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => break,
         }
@@ -355,7 +403,7 @@ fn command(el: &El) -> Result<Command, CodecError> {
 /// Decodes only the header: when the body is malformed, a server still needs the session to
 /// answer with a SyncML status instead of dropping the message.
 pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, CodecError> {
-    let root = parse_tree(bytes, limits)?;
+    let root = parse_tree(bytes, limits, DocTypes::Skip)?;
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }
@@ -367,7 +415,7 @@ pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, CodecError
 
 /// Decodes a message under `limits`.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, CodecError> {
-    let root = parse_tree(bytes, limits)?;
+    let root = parse_tree(bytes, limits, DocTypes::Standard)?;
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use scomo_ads::scomo;
-use scomo_ads::syncml::codec::{decode, encode, CodecError, Limits};
+use scomo_ads::syncml::codec::{decode, decode_header, encode, CodecError, Limits};
 use scomo_ads::syncml::message::*;
 use scomo_ads::syncml::tree::DevInfo;
 
@@ -205,6 +205,42 @@ fn an_entity_bomb_is_refused_without_expansion() {
         decode(undeclared, &Limits::default()),
         Err(CodecError::Xml(_))
     ));
+}
+
+/// Real clients start with SyncML's public DOCTYPE (issue 16, item 8): it is decoded (the DTD
+/// is never fetched); anything else in a DOCTYPE is refused, yet the header of such a message
+/// can still be read to answer it in SyncML.
+#[test]
+fn the_standard_doctype_is_accepted_and_no_other() {
+    let body = std::fs::read_to_string("tests/fixtures/syncml/package1_devinfo.xml").unwrap();
+    let start = body.find("<SyncML").unwrap();
+    let with = |doctype: &str| format!("<?xml version=\"1.0\"?>\n{doctype}\n{}", &body[start..]);
+    let plain = decode(body[start..].as_bytes(), &Limits::default()).unwrap();
+    for ok in [
+        r#"<!DOCTYPE SyncML PUBLIC "-//SYNCML//DTD SyncML 1.2//EN" "http://www.openmobilealliance.org/tech/DTD/OMA-TS-DM_SyncML-V1_2.dtd">"#,
+        r#"<!DOCTYPE SyncML PUBLIC "-//SYNCML//DTD SyncML 1.2//EN">"#,
+        "<!DOCTYPE SyncML PUBLIC \"-//SYNCML//DTD SyncML 1.1//EN\"\n  \"http://www.syncml.org/docs/syncml_represent_v11_20020213.dtd\">",
+    ] {
+        assert_eq!(decode(with(ok).as_bytes(), &Limits::default()).unwrap(), plain, "{ok}");
+    }
+    for bad in [
+        r#"<!DOCTYPE SyncML PUBLIC "-//SYNCML//DTD SyncML 1.2//EN" "x.dtd" [<!ENTITY e "x">]>"#,
+        r#"<!DOCTYPE SyncML SYSTEM "file:///etc/passwd">"#,
+        r#"<!DOCTYPE SyncML PUBLIC "-//EVIL//DTD//EN" "http://evil/x.dtd">"#,
+        r#"<!DOCTYPE Other PUBLIC "-//SYNCML//DTD SyncML 1.2//EN">"#,
+    ] {
+        let msg = with(bad);
+        assert_eq!(
+            decode(msg.as_bytes(), &Limits::default()),
+            Err(CodecError::DocType),
+            "{bad}"
+        );
+        assert_eq!(
+            decode_header(msg.as_bytes(), &Limits::default()).unwrap(),
+            plain.header,
+            "the header of a refused message stays readable: {bad}"
+        );
+    }
 }
 
 #[test]
