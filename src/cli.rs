@@ -24,7 +24,7 @@ pub enum Command {
     /// Run the DMS alone.
     Dms(DmsArgs),
     /// Run one device agent, or a fleet of them.
-    Device(DeviceArgs),
+    Device(Box<DeviceArgs>),
     /// Start everything on loopback, run every flow and its alternatives, print a table; exit
     /// non-zero if any failed.
     Demo(DemoArgs),
@@ -228,6 +228,26 @@ pub struct DeviceArgs {
     /// Fault injection: cut each alternate download this many times (it resumes).
     #[arg(long, default_value_t = 0)]
     pub interrupt_downloads: u32,
+    /// Strict device: require the server's credentials (MD5 over --server-id, the server
+    /// password and our nonce) in every message; challenge it otherwise.
+    #[arg(long)]
+    pub require_server_auth: bool,
+    /// Strict device: start every message with SyncML's public DOCTYPE.
+    #[arg(long)]
+    pub doctype: bool,
+    /// Strict device: the first MD5 credential uses the empty nonce (factory-fresh).
+    #[arg(long)]
+    pub empty_first_nonce: bool,
+    /// The DM account's user name, when it is not the device id.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Strict device: answer 406 to Gets with `?list=`.
+    #[arg(long)]
+    pub refuse_list: bool,
+    /// Strict device: Add only under existing parents (418 if the node exists), Replace only
+    /// existing nodes (404).
+    #[arg(long)]
+    pub strict_writes: bool,
     /// Run N agents in this process (ids get -1 … -N appended).
     #[arg(long)]
     pub fleet: Option<u32>,

@@ -92,6 +92,9 @@ pub struct DmsConfig {
     pub fallback_to_dm: bool,
     /// In-band deliveries one job may start (each dropped session starts over) before it fails.
     pub max_delivery_attempts: u32,
+    /// Messages one DM session may take beyond the chunks of an in-band delivery; past it the
+    /// DMS ends the session (a device stuck in a loop must not hold it forever).
+    pub max_session_messages: u32,
     /// How often ADS nodes' `/healthz` is checked.
     pub ads_health_interval_secs: u64,
     /// Lifetime of minted download URLs.
@@ -162,6 +165,7 @@ impl Default for DmsConfig {
             alternate_threshold_bytes: 1 << 20,
             fallback_to_dm: true,
             max_delivery_attempts: 5,
+            max_session_messages: 40,
             ads_health_interval_secs: 5,
             ticket_ttl_secs: 3600,
             max_connections_per_ip: 1024,
@@ -347,6 +351,9 @@ impl DmsConfig {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.max_delivery_attempts == 0 {
             return bad("max_delivery_attempts must be at least 1");
+        }
+        if self.max_session_messages < 4 {
+            return bad("max_session_messages must be at least 4");
         }
         if self.session_timeout_secs == 0 || self.renotify_secs == 0 {
             return bad("session_timeout_secs and renotify_secs must be at least 1");

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdsConfig, DmsConfig};
-use crate::device::{Agent, DeviceConfig, Faults};
+use crate::device::{Agent, DeviceConfig, Faults, Strict};
 use crate::syncml::tree::{DevDetail, DevInfo};
 
 /// One scenario's outcome.
@@ -123,7 +123,10 @@ impl Ctx {
         }
     }
 
-    async fn device(&self, id: &str, faults: Faults) -> Result<Arc<Agent>, String> {
+    /// A device agent provisioned on the DMS; `strict` turns on every strict mode of
+    /// [`Strict`] (as field devices behave) with the record those need.
+    async fn device(&self, id: &str, faults: Faults, strict: bool) -> Result<Arc<Agent>, String> {
+        let login = format!("login-{id}");
         let cfg = DeviceConfig {
             id: id.into(),
             password: "demo-device".into(),
@@ -154,6 +157,18 @@ impl Ctx {
             max_msg_size: 16 * 1024,
             max_obj_size: 64 << 20,
             faults,
+            strict: if strict {
+                Strict {
+                    require_server_auth: true,
+                    doctype: true,
+                    empty_first_nonce: true,
+                    username: Some(login.clone()),
+                    refuse_list: true,
+                    strict_writes: true,
+                }
+            } else {
+                Strict::default()
+            },
         };
         let agent = Agent::new(cfg).map_err(|e| e.to_string())?;
         let addr = crate::device::agent::listen_for_notifications(
@@ -163,10 +178,15 @@ impl Ctx {
         )
         .await
         .map_err(|e| e.to_string())?;
+        let mut record = json!({"password": "demo-device", "server_password": "demo-server", "notify_url": format!("http://{addr}/notify")});
+        if strict {
+            record["username"] = json!(login);
+            record["client_auth_nonce"] = json!("");
+        }
         self.api_call(
             reqwest::Method::PUT,
             &format!("/v1/devices/{id}"),
-            Some(json!({"password": "demo-device", "server_password": "demo-server", "notify_url": format!("http://{addr}/notify")})),
+            Some(record),
         )
         .await?;
         Ok(agent)
@@ -273,6 +293,11 @@ fn with_alt2<'a>(first: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
 
 async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String> {
     let n = flow.replace([' ', '.'], "-");
+    // A "strict" row is the same flow with a device in every strict mode.
+    let (strict, flow) = match flow.strip_prefix("strict ") {
+        Some(base) => (true, base),
+        None => (false, flow),
+    };
     let dev_id = format!("IMEI:demo-{n}");
     let faults = if flow == "resumed download" {
         Faults {
@@ -282,7 +307,7 @@ async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String>
     } else {
         Faults::default()
     };
-    let dev = ctx.device(&dev_id, faults).await?;
+    let dev = ctx.device(&dev_id, faults, strict).await?;
     let job = |op: &str, component: &str, delivery: &str, inv: bool| json!({"device": dev_id, "operation": op, "component": component, "delivery": delivery, "inventory_first": inv});
     let own = |v: Vec<&str>| -> Vec<String> { v.into_iter().map(String::from).collect() };
     Ok(match flow {
@@ -375,8 +400,10 @@ async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String>
     })
 }
 
-/// Every scenario, in table order.
-pub const FLOWS: [&str; 11] = [
+/// Every scenario, in table order: each flow variant with our agent, the two fault rows, then
+/// each flow variant again with a strict device (server credentials required, DOCTYPE, empty
+/// first nonce, a login name, no `?list=`, strict Add/Replace).
+pub const FLOWS: [&str; 20] = [
     "5.4.1 normal",
     "5.4.1 alt 1",
     "5.4.1 alt 2",
@@ -388,6 +415,15 @@ pub const FLOWS: [&str; 11] = [
     "5.4.3 alt 2",
     "resumed download",
     "rejected URL reuse",
+    "strict 5.4.1 normal",
+    "strict 5.4.1 alt 1",
+    "strict 5.4.1 alt 2",
+    "strict 5.4.2 normal",
+    "strict 5.4.2 alt 1",
+    "strict 5.4.2 alt 2",
+    "strict 5.4.3 normal",
+    "strict 5.4.3 alt 1",
+    "strict 5.4.3 alt 2",
 ];
 
 /// Runs the demo with its data under `dir`; returns the table rows.

@@ -121,7 +121,7 @@ async fn run(cli: Cli, demo_log: Option<std::path::PathBuf>) -> anyhow::Result<(
         Command::Serve(args) => serve(args).await,
         Command::Up(args) => up(args).await,
         Command::Dms(args) => dms(args).await,
-        Command::Device(args) => device(args).await,
+        Command::Device(args) => device(*args).await,
         Command::Demo(args) => demo(args, demo_log).await,
         Command::Publish(args) => {
             let target = AdminTarget::resolve(
@@ -354,6 +354,15 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             drop_after_messages: args.drop_after,
             drop_sessions: args.drop_sessions,
             interrupt_downloads: args.interrupt_downloads,
+            refuse_adds: false,
+        },
+        strict: scomo_ads::device::Strict {
+            require_server_auth: args.require_server_auth,
+            doctype: args.doctype,
+            empty_first_nonce: args.empty_first_nonce,
+            username: args.username.clone(),
+            refuse_list: args.refuse_list,
+            strict_writes: args.strict_writes,
         },
     };
     let request = match (&args.request, &args.request_op) {

@@ -8,4 +8,4 @@ pub mod download;
 pub mod fleet;
 pub mod state;
 
-pub use agent::{Agent, DeviceConfig, DeviceError, Faults};
+pub use agent::{Agent, DeviceConfig, DeviceError, Faults, Strict};

@@ -176,6 +176,19 @@ impl AdsNode {
         Ok(())
     }
 
+    /// Revokes a ticket (its URL answers 410 from now on).
+    pub async fn revoke(&self, ticket: &str) -> Result<(), AdsClientError> {
+        let r = self
+            .http
+            .delete(format!("{}/v1/tickets/{ticket}", self.admin_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        self.check(r).await?;
+        Ok(())
+    }
+
     /// Mints a one-time URL for `component`.
     pub async fn mint(
         &self,

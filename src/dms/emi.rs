@@ -22,7 +22,9 @@ use super::notify;
 use super::store::{now_ms, Device, DmsStore};
 use crate::ads::content::{self, IngestError};
 use crate::net::guard::{self, EndpointGuard};
+use crate::syncml::auth::AuthScheme;
 use crate::webhook::event::DownloadEventKind;
+use base64::Engine as _;
 
 /// Shared state of the DMS routers.
 pub struct DmsState {
@@ -86,6 +88,12 @@ fn syncml_content_type(headers: &HeaderMap) -> bool {
 async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
     let peer = guard::client_ip(&req);
     let (parts, body) = req.into_parts();
+    // The session key of a RespURI (`/dm?s=…`).
+    let session_key = parts.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("s="))
+            .map(String::from)
+    });
     let headers = parts.headers;
     if !syncml_content_type(&headers) {
         return (
@@ -104,8 +112,16 @@ async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
                 .into_response()
         }
     };
-    match state.engine.handle(&bytes, peer).await {
-        Ok(xml) => ([(header::CONTENT_TYPE, crate::syncml::CONTENT_TYPE)], xml).into_response(),
+    tracing::debug!(target: "scomo_ads::dm_messages", peer = ?peer, message = %for_log(&bytes), "SyncML from a device");
+    match state
+        .engine
+        .handle(&bytes, peer, session_key.as_deref())
+        .await
+    {
+        Ok(xml) => {
+            tracing::debug!(target: "scomo_ads::dm_messages", peer = ?peer, message = %for_log(xml.as_bytes()), "SyncML to the device");
+            ([(header::CONTENT_TYPE, crate::syncml::CONTENT_TYPE)], xml).into_response()
+        }
         Err(EngineError::Backoff(wait)) => guard::too_many(
             wait,
             "too many failed authentications for this device from this address",
@@ -117,6 +133,28 @@ async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
             .into_response(),
         Err(e) => storage(e),
     }
+}
+
+/// A SyncML message as logged (`RUST_LOG=scomo_ads::dm_messages=debug`): credentials
+/// redacted (a basic one is the password in base64), at most 4 KiB.
+fn for_log(bytes: &[u8]) -> String {
+    const MAX: usize = 4096;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
+    let mut out = String::with_capacity(text.len());
+    let mut rest: &str = &text;
+    while let Some(start) = rest.find("<Cred>") {
+        out.push_str(&rest[..start]);
+        out.push_str("<Cred>(redacted)</Cred>");
+        rest = match rest[start..].find("</Cred>") {
+            Some(end) => &rest[start + end + "</Cred>".len()..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    if bytes.len() > MAX {
+        out.push_str(&format!("… ({} bytes in all)", bytes.len()));
+    }
+    out
 }
 
 /// The EMI router.
@@ -213,7 +251,15 @@ async fn require_token(State(state): State<Arc<DmsState>>, req: Request, next: N
 struct DeviceBody {
     password: String,
     server_password: Option<String>,
+    /// The DM account's user name, when it is not the device id.
+    username: Option<String>,
     auth: Option<String>,
+    /// `none`, `basic` or `md5`; md5 when a server password is given, else none.
+    server_auth: Option<String>,
+    /// The nonce the device starts its MD5 credential with (base64, `""` for empty).
+    client_auth_nonce: Option<String>,
+    /// The nonce we start ours (and package 0's digest) with (base64).
+    server_auth_nonce: Option<String>,
     notify_url: Option<String>,
 }
 
@@ -244,19 +290,70 @@ async fn put_device(
             "auth must be md5 or basic",
         );
     }
+    let server_auth = match b.server_auth.as_deref() {
+        None if b.server_password.is_some() => AuthScheme::Md5,
+        None => AuthScheme::None,
+        Some(name) => match AuthScheme::parse(name) {
+            Some(scheme) => scheme,
+            None => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "server_auth must be none, basic or md5",
+                )
+            }
+        },
+    };
+    for (name, nonce) in [
+        ("client_auth_nonce", &b.client_auth_nonce),
+        ("server_auth_nonce", &b.server_auth_nonce),
+    ] {
+        let valid = nonce.as_deref().is_none_or(|n| {
+            n.len() <= 512 && base64::engine::general_purpose::STANDARD.decode(n).is_ok()
+        });
+        if !valid {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{name} must be base64 (\"\" for the empty nonce)"),
+            );
+        }
+    }
+    if b.username
+        .as_deref()
+        .is_some_and(|u| u.is_empty() || u.len() > 200)
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "username must be 1 to 200 characters",
+        );
+    }
     let res = state
         .store
         .run(move |s| {
             let new = || Device {
                 id: id.clone(),
-                server_nonce: INITIAL_NONCE.into(),
-                client_nonce: INITIAL_NONCE.into(),
+                client_auth_nonce: INITIAL_NONCE.into(),
+                server_auth_nonce: INITIAL_NONCE.into(),
                 ..Device::default()
             };
             s.upsert_device(&id, new, |d| {
                 d.password = b.password;
                 d.server_password = b.server_password.unwrap_or_else(|| d.password.clone());
+                d.username = b.username;
                 d.auth = auth;
+                d.server_auth = server_auth;
+                if let Some(n) = b.client_auth_nonce {
+                    // A re-provisioned device starts over: the nonce it was given, its first
+                    // credential possibly with the empty nonce.
+                    d.client_auth_nonce = n;
+                    d.offered_nonces.clear();
+                    d.last_auth_at_ms = None;
+                }
+                if let Some(n) = b.server_auth_nonce {
+                    d.server_auth_nonce = n;
+                }
                 d.notify_url = b.notify_url;
             })
         })
@@ -444,5 +541,35 @@ async fn get_job(State(state): State<Arc<DmsState>>, Path(id): Path<String>) -> 
         Ok(Some(j)) => Json(j).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
         Err(e) => storage(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn logged_messages_carry_no_credentials_and_stay_short() {
+        let m = b"<SyncHdr><Cred><Meta>basic</Meta><Data>dXNlcjpwYXNz</Data></Cred></SyncHdr><Cred>x</Cred>";
+        let logged = for_log(m);
+        assert!(!logged.contains("dXNlcjpwYXNz"), "{logged}");
+        assert_eq!(
+            logged,
+            "<SyncHdr><Cred>(redacted)</Cred></SyncHdr><Cred>(redacted)</Cred>"
+        );
+        // Cut in the middle of a credential: nothing after its start is shown.
+        let mut long = b"<SyncML>".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 5000));
+        let logged = for_log(&long);
+        assert!(
+            logged.len() < 4200 && logged.ends_with("(5008 bytes in all)"),
+            "{}",
+            logged.len()
+        );
+        assert_eq!(
+            for_log(b"<a><Cred><Data>secret"),
+            "<a><Cred>(redacted)</Cred>"
+        );
     }
 }

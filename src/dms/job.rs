@@ -87,8 +87,8 @@ impl Delivery {
 /// sessions: a device that drops mid-session continues from here in its next session.
 ///
 /// `Queued` → (`Reading`: DevDetail / inventory Gets) → `Choose` (the build) → `Mechanism`
-/// → in-band: `Deliver` → `Delivering` (large object) → `Acked`; alternate: a Download node
-/// and its Exec → `ExecSent`. Operations: `Exec` → `ExecSent` → `AwaitingResult` (Generic
+/// → in-band: `Deliver` → `Delivering` (large object) → `Acked`; alternate: `Writing` (the
+/// Download node added) → its Exec → `ExecSent`. Operations: `Exec` → `ExecSent` → `AwaitingResult` (Generic
 /// Alert 1226) → `Done`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +100,8 @@ pub enum Stage {
     Deliver,
     Delivering,
     Acked,
+    /// Nodes an Exec depends on are being added (the alternate Download node).
+    Writing,
     Exec,
     ExecSent,
     AwaitingResult,
@@ -211,6 +213,52 @@ pub struct Job {
     /// Alternate downloads retried with a fresh URL.
     #[serde(default)]
     pub retries: u32,
+    /// Nodes to add on the device before the Exec that depends on them (kept here, so a
+    /// session that drops mid-way writes them again in the next).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_writes: Vec<NodeWrite>,
+    /// The ADS ticket minted for the job: revoked if the job fails before the device used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
+}
+
+/// A node the DMS adds on the device (`Add`; `Replace` when it already exists).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeWrite {
+    pub path: String,
+    /// `node` for an interior node, else the leaf's format (`chr`, ...).
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl NodeWrite {
+    pub fn interior(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            format: "node".into(),
+            value: None,
+        }
+    }
+
+    pub fn leaf(path: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            format: "chr".into(),
+            value: Some(value.into()),
+        }
+    }
+
+    pub fn is_interior(&self) -> bool {
+        self.format == "node"
+    }
+}
+
+/// A ticket on an ADS node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRef {
+    pub node: String,
+    pub id: String,
 }
 
 impl Job {
@@ -242,6 +290,8 @@ impl Job {
             timeline: Vec::new(),
             exec_path: None,
             retries: 0,
+            node_writes: Vec::new(),
+            ticket: None,
         }
     }
 

@@ -32,7 +32,10 @@ pub async fn notify(
     };
     let session = rand::random::<u16>().max(1);
     let n = pkg0::Notification::new(server_id, session);
-    let Ok(bytes) = n.encode(&dev.server_password, &auth::decode_nonce(&dev.client_nonce)) else {
+    let Ok(bytes) = n.encode(
+        &dev.server_password,
+        &auth::decode_nonce(&dev.server_auth_nonce),
+    ) else {
         return Ok(false);
     };
     let sent = http

@@ -11,8 +11,16 @@ use serde::{Deserialize, Serialize};
 use super::catalog::Build;
 pub use super::job::now_ms;
 use super::job::{Job, JobState, Step, TimelineEntry};
+use crate::syncml::auth::AuthScheme;
 use crate::syncml::tree::{DevDetail, DevInfo};
 use crate::webhook::outbox;
+
+/// Challenges a device may leave unanswered before the oldest stops being accepted.
+pub const MAX_OFFERED_NONCES: usize = 4;
+
+fn no_server_auth() -> AuthScheme {
+    AuthScheme::None
+}
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +55,35 @@ pub struct Device {
     /// The server's password toward this device (package 0 digest, server credentials).
     #[serde(skip_serializing)]
     pub server_password: String,
-    /// `md5` or `basic`.
+    /// The DM account's user name, when it is not the device id (`Source/LocURI`): the
+    /// device's credentials are checked against it.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// How the device authenticates to us: `md5` or `basic`.
     pub auth: String,
+    /// How we authenticate to the device: our `Cred` in every message, and the digest of
+    /// package 0 (`none` sends no `Cred`).
+    #[serde(default = "no_server_auth")]
+    pub server_auth: AuthScheme,
     /// Where package 0 is POSTed.
     pub notify_url: Option<String>,
-    /// Nonce the device must use in its next MD5 credentials (b64), set by our last Chal.
-    #[serde(skip_serializing)]
-    pub server_nonce: String,
-    /// Nonce we use toward the device (b64), set by the device's last Chal.
-    #[serde(skip_serializing)]
-    pub client_nonce: String,
+    /// Nonce the device must use in its next MD5 credential (b64; `""` is the empty nonce of
+    /// a factory-fresh device). Replaced only once the device authenticated.
+    #[serde(skip_serializing, alias = "server_nonce")]
+    pub client_auth_nonce: String,
+    /// Nonces we offered in challenges the device has not answered yet (b64, newest last,
+    /// at most [`MAX_OFFERED_NONCES`]): accepted beside `client_auth_nonce`, so nobody who
+    /// merely sends messages in the device's name can rotate its nonce away.
+    #[serde(skip_serializing, default)]
+    pub offered_nonces: Vec<String>,
+    /// Nonce we use in our credential and package 0 digest (b64), set by the device's last
+    /// Chal.
+    #[serde(skip_serializing, alias = "client_nonce")]
+    pub server_auth_nonce: String,
+    /// When the device last authenticated; `None` until its first session, when the empty
+    /// nonce is accepted too.
+    #[serde(default)]
+    pub last_auth_at_ms: Option<u64>,
     pub devinfo: Option<DevInfo>,
     pub devdetail: Option<DevDetail>,
     pub inventory: Option<serde_json::Value>,
@@ -365,15 +392,17 @@ fn write_device(conn: &Connection, d: &Device) -> Result<(), DmsStoreError> {
         d: &'a Device,
         password: &'a str,
         server_password: &'a str,
-        server_nonce: &'a str,
-        client_nonce: &'a str,
+        client_auth_nonce: &'a str,
+        offered_nonces: &'a [String],
+        server_auth_nonce: &'a str,
     }
     let json = serde_json::to_string(&Row {
         d,
         password: &d.password,
         server_password: &d.server_password,
-        server_nonce: &d.server_nonce,
-        client_nonce: &d.client_nonce,
+        client_auth_nonce: &d.client_auth_nonce,
+        offered_nonces: &d.offered_nonces,
+        server_auth_nonce: &d.server_auth_nonce,
     })?;
     conn.execute(
         "INSERT INTO devices (id, json) VALUES (?1, ?2)

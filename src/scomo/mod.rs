@@ -229,7 +229,9 @@ pub struct OperationReport {
     pub mark: Option<String>,
 }
 
-fn tag(data: &str, name: &str) -> Option<String> {
+/// The trimmed text of `<name>…</name>` in an alert's data (OperationComplete reports and our
+/// vendor requests carry their fields this way).
+pub fn tag(data: &str, name: &str) -> Option<String> {
     let open = format!("<{name}>");
     let close = format!("</{name}>");
     let start = data.find(&open)? + open.len();

@@ -11,6 +11,58 @@ pub const AUTH_BASIC: &str = "syncml:auth-basic";
 /// `Meta/Type` of MD5 digest credentials.
 pub const AUTH_MD5: &str = "syncml:auth-md5";
 
+/// How one side of a DM account authenticates (the account's `AAuthType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    /// No credentials.
+    None,
+    /// `syncml:auth-basic`.
+    Basic,
+    /// `syncml:auth-md5`.
+    #[default]
+    Md5,
+}
+
+impl AuthScheme {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "none" => AuthScheme::None,
+            "basic" => AuthScheme::Basic,
+            "md5" => AuthScheme::Md5,
+            _ => return None,
+        })
+    }
+
+    /// The `Meta/Type` of its credentials and challenges.
+    pub fn meta_type(self) -> Option<&'static str> {
+        match self {
+            AuthScheme::None => None,
+            AuthScheme::Basic => Some(AUTH_BASIC),
+            AuthScheme::Md5 => Some(AUTH_MD5),
+        }
+    }
+
+    /// From a credential's or challenge's `Meta/Type` (basic when absent, as the spec says).
+    pub fn from_meta_type(t: Option<&str>) -> Option<Self> {
+        match t.map(str::trim) {
+            None | Some(AUTH_BASIC) => Some(AuthScheme::Basic),
+            Some(AUTH_MD5) => Some(AuthScheme::Md5),
+            Some(_) => None,
+        }
+    }
+}
+
+/// The credential `user` presents with `password` under `scheme` (`None` for
+/// [`AuthScheme::None`]): basic over the user and password, MD5 over those and `nonce`.
+pub fn credential(scheme: AuthScheme, user: &str, password: &str, nonce: &[u8]) -> Option<String> {
+    match scheme {
+        AuthScheme::None => None,
+        AuthScheme::Basic => Some(basic(user, password)),
+        AuthScheme::Md5 => Some(md5_digest(user, password, nonce)),
+    }
+}
+
 fn md5(parts: &[&[u8]]) -> [u8; 16] {
     let mut h = Md5::new();
     for p in parts {

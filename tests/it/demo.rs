@@ -29,7 +29,7 @@ fn demo_runs_every_flow_and_passes() {
             .unwrap_or_else(|| panic!("no row for {flow}:\n{stdout}"));
         assert!(line.contains(" pass "), "{line}");
     }
-    assert!(stdout.contains("all 11 flows passed"), "{stdout}");
+    assert!(stdout.contains("all 20 flows passed"), "{stdout}");
     // The table is what a newcomer sees: the logs went to a file, whose path is printed.
     let log = dir.path().join("demo.log");
     assert!(

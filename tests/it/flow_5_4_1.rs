@@ -423,6 +423,7 @@ async fn a_malformed_message_gets_a_syncml_error_and_the_session_survives() {
             _ => None,
         })
         .expect("the DMS asks for the inventory");
+    let resp_uri = reply.header.resp_uri.clone().expect("a RespURI");
     let hdr2 = hdr(2, "").replace("<SessionID>A1</SessionID>", "<SessionID>B2</SessionID>");
     // Message 2, malformed: a SyncML error status, not a dropped request.
     let bad = format!("<SyncML xmlns='SYNCML:SYNCML1.2'>{hdr2}<SyncBody><Exec><CmdID>oops</CmdID></Exec><Final/></SyncBody></SyncML>");
@@ -438,7 +439,8 @@ async fn a_malformed_message_gets_a_syncml_error_and_the_session_survives() {
         s.items[0].data.as_deref().unwrap().contains("CmdID"),
         "{s:?}"
     );
-    // A replayed message 1 is refused the same way, without harm.
+    // A replayed message 1 without credentials is refused (407) and leaves the session
+    // alone: only a start that authenticates replaces a held session.
     let replay = format!(
         "<SyncML xmlns='SYNCML:SYNCML1.2'>{}<SyncBody><Final/></SyncBody></SyncML>",
         hdr(1, "").replace("<SessionID>A1</SessionID>", "<SessionID>B2</SessionID>")
@@ -447,7 +449,7 @@ async fn a_malformed_message_gets_a_syncml_error_and_the_session_survives() {
     let reply =
         scomo_ads::syncml::codec::decode(&r.bytes().await.unwrap(), &Default::default()).unwrap();
     assert!(
-        matches!(&reply.commands[0], scomo_ads::syncml::message::Command::Status(s) if s.code == 400)
+        matches!(&reply.commands[0], scomo_ads::syncml::message::Command::Status(s) if s.code == 407)
     );
     // Message 2 again, well formed: the session was not corrupted and the job completes.
     let good = format!(
@@ -456,7 +458,14 @@ async fn a_malformed_message_gets_a_syncml_error_and_the_session_survives() {
          <Status><CmdID>2</CmdID><MsgRef>1</MsgRef><CmdRef>{get_id}</CmdRef><Cmd>Get</Cmd><Data>200</Data></Status>\
          <Results><CmdID>3</CmdID><MsgRef>1</MsgRef><CmdRef>{get_id}</CmdRef></Results><Final/></SyncBody></SyncML>"
     );
-    let r = post(good).await.unwrap();
+    // (At the session's RespURI: the session is bound to its key, not to its SessionID.)
+    let r = c
+        .post(&resp_uri)
+        .header("content-type", "application/vnd.syncml+xml")
+        .body(good)
+        .send()
+        .await
+        .unwrap();
     let reply =
         scomo_ads::syncml::codec::decode(&r.bytes().await.unwrap(), &Default::default()).unwrap();
     assert!(

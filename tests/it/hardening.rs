@@ -233,7 +233,12 @@ async fn tls_1_0_and_1_1_are_refused_at_the_handshake_on_every_tls_listener() {
     }
 }
 
-fn wrong_password_alert(dms: &Dms, device: &str, session: u32) -> reqwest::RequestBuilder {
+fn wrong_password_alert(
+    client: &reqwest::Client,
+    dms: &Dms,
+    device: &str,
+    session: u32,
+) -> reqwest::RequestBuilder {
     use scomo_ads::syncml::message::{Alert, Command, Cred, Header, Location, Message, Meta};
     let msg = Message {
         header: Header {
@@ -258,14 +263,16 @@ fn wrong_password_alert(dms: &Dms, device: &str, session: u32) -> reqwest::Reque
         })],
         final_: true,
     };
-    dms.client()
+    client
         .post(&dms.handle.dm_url)
         .header("content-type", scomo_ads::syncml::CONTENT_TYPE)
         .body(scomo_ads::syncml::codec::encode(&msg))
 }
 
+/// Guesses count toward the address they come from (issue 16, item 10): the guesser is held
+/// back whichever device it names, and the real device, elsewhere, is not held back at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_guessing_on_dm_backs_off_per_device_and_the_device_then_recovers() {
+async fn password_guessing_on_dm_backs_off_the_guessing_address_not_the_device() {
     let dms = start_dms_with(|c| {
         c.dm_limits = EndpointLimits {
             requests_per_sec: 0,
@@ -277,9 +284,10 @@ async fn password_guessing_on_dm_backs_off_per_device_and_the_device_then_recove
     .await;
     dms.provision("IMEI:7001", "dev-secret", None).await;
     dms.provision("IMEI:7002", "dev-secret", None).await;
+    let guesser = client_from(&dms.handle.cert_path, "127.0.0.2".parse().unwrap());
     let mut statuses = Vec::new();
     for session in 1..=4 {
-        let r = wrong_password_alert(&dms, "IMEI:7001", session)
+        let r = wrong_password_alert(&guesser, &dms, "IMEI:7001", session)
             .send()
             .await
             .unwrap();
@@ -294,14 +302,19 @@ async fn password_guessing_on_dm_backs_off_per_device_and_the_device_then_recove
     // Two free failures answered in SyncML (401 inside a 200), the third starts the backoff,
     // the fourth is refused before the engine looks at it.
     assert_eq!(statuses, [200, 200, 200, 429]);
-    // Another device from the same address is not held back by its neighbour's guesses.
-    let r = wrong_password_alert(&dms, "IMEI:7002", 9)
+    // Naming another device does not help the guesser: its address is backing off.
+    let r = wrong_password_alert(&guesser, &dms, "IMEI:7002", 9)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    // The real device, with its real password, waits out the backoff (the agent honours
-    // Retry-After) and then runs its session.
+    assert_eq!(r.status(), 429);
+    // The device's own address is not backing off: its messages reach the engine...
+    let r = wrong_password_alert(&dms.client(), &dms, "IMEI:7001", 10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "answered in SyncML, not refused with 429");
+    // ...and the real device runs its session.
     let dir = tempfile::tempdir().unwrap();
     let cfg = device_config(&dms, "IMEI:7001", dir.path(), Default::default());
     let agent = scomo_ads::device::Agent::new(cfg).unwrap();
@@ -310,7 +323,7 @@ async fn password_guessing_on_dm_backs_off_per_device_and_the_device_then_recove
             requests: Vec::new(),
         })
         .await
-        .expect("the session runs once the backoff is over");
+        .expect("the real device is not held back by guesses made elsewhere");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,11 +348,11 @@ async fn dm_over_its_request_rate_gets_429_and_the_device_agent_slows_down_to_fi
     .await;
     dms.provision("IMEI:7003", "dev-secret", None).await;
     // Two messages at once from one address: the second waits.
-    let a = wrong_password_alert(&dms, "IMEI:7003", 1)
+    let a = wrong_password_alert(&dms.client(), &dms, "IMEI:7003", 1)
         .send()
         .await
         .unwrap();
-    let b = wrong_password_alert(&dms, "IMEI:7003", 2)
+    let b = wrong_password_alert(&dms.client(), &dms, "IMEI:7003", 2)
         .send()
         .await
         .unwrap();

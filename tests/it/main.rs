@@ -21,6 +21,7 @@ mod flow_5_4_2;
 mod flow_5_4_3;
 mod hardening;
 mod process;
+mod real_clients;
 mod syncml_codec;
 mod tickets;
 mod tidy;

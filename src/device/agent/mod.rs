@@ -39,6 +39,30 @@ pub struct Faults {
     pub drop_sessions: u32,
     /// Cut alternate downloads this many times in all (each must resume).
     pub interrupt_downloads: u32,
+    /// Every `Add` is refused with 405 (as by an ACL that lets the server replace nodes but
+    /// create none).
+    pub refuse_adds: bool,
+}
+
+/// Behaviours of strict devices in the field, for tests that must not flatter the DMS. All
+/// off by default.
+#[derive(Clone, Debug, Default)]
+pub struct Strict {
+    /// The DM account requires the server's credentials: every server message must carry
+    /// `Cred` (MD5 over the server id, server password and our nonce); without it, the header
+    /// gets 401/407 with a `Chal` and every command 401/407, not executed.
+    pub require_server_auth: bool,
+    /// Messages start with SyncML's public DOCTYPE.
+    pub doctype: bool,
+    /// The first MD5 credential uses the empty nonce (a factory-fresh device).
+    pub empty_first_nonce: bool,
+    /// The DM account's user name, when it is not the device id.
+    pub username: Option<String>,
+    /// `Get` with `?list=` is answered 406 (many clients do not implement it).
+    pub refuse_list: bool,
+    /// Writes as the DM tree defines them: `Add` needs an existing parent and is refused with
+    /// 418 for an existing node; `Replace` of a node that does not exist gets 404.
+    pub strict_writes: bool,
 }
 
 /// The agent's settings.
@@ -60,6 +84,7 @@ pub struct DeviceConfig {
     pub max_msg_size: u64,
     pub max_obj_size: u64,
     pub faults: Faults,
+    pub strict: Strict,
 }
 
 /// Agent failures.
@@ -73,6 +98,8 @@ pub enum DeviceError {
     Decode(#[from] codec::CodecError),
     #[error("the DMS refused our credentials (status {0})")]
     AuthFailed(u16),
+    #[error("the server did not authenticate itself (we answered {0} to its messages)")]
+    ServerNotAuthenticated(u16),
     #[error("state file {path}: {source}")]
     State {
         path: PathBuf,
@@ -127,7 +154,11 @@ impl Agent {
             .map_err(state_err)?
             .unwrap_or_else(|| DeviceState {
                 tree: Tree::new(),
-                server_nonce: INITIAL_NONCE.into(),
+                server_nonce: if cfg.strict.empty_first_nonce {
+                    String::new()
+                } else {
+                    INITIAL_NONCE.into()
+                },
                 client_nonce: INITIAL_NONCE.into(),
                 ..DeviceState::default()
             });

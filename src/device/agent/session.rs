@@ -13,7 +13,15 @@ use crate::syncml::codes::{AlertCode, StatusCode};
 use crate::syncml::large_object::{Progress, Reassembly};
 use crate::syncml::message::*;
 
+/// SyncML 1.2's public DOCTYPE, as strict clients start their messages.
+const DOCTYPE: &str = "<!DOCTYPE SyncML PUBLIC \"-//SYNCML//DTD SyncML 1.2//EN\" \"http://www.openmobilealliance.org/tech/DTD/OMA-TS-DM_SyncML-V1_2.dtd\">\n";
+
 impl Agent {
+    /// The DM account's user name.
+    fn user(&self) -> &str {
+        self.cfg.strict.username.as_deref().unwrap_or(&self.cfg.id)
+    }
+
     fn cred(&self, st: &DeviceState) -> Cred {
         if self.cfg.auth == "basic" {
             return Cred {
@@ -22,7 +30,7 @@ impl Agent {
                     format: Some("b64".into()),
                     ..Meta::default()
                 },
-                data: auth::basic(&self.cfg.id, &self.cfg.password),
+                data: auth::basic(self.user(), &self.cfg.password),
             };
         }
         Cred {
@@ -32,15 +40,44 @@ impl Agent {
                 ..Meta::default()
             },
             data: auth::md5_digest(
-                &self.cfg.id,
+                self.user(),
                 &self.cfg.password,
                 &auth::decode_nonce(&st.server_nonce),
             ),
         }
     }
 
+    /// With [`Strict::require_server_auth`](super::Strict): whether the server's message
+    /// carries its credential (MD5 over the server id, server password and our nonce).
+    /// `Err` is the status for its header: 407 without one, 401 with a wrong one.
+    fn check_server(&self, st: &DeviceState, hdr: &Header) -> Result<(), StatusCode> {
+        if !self.cfg.strict.require_server_auth {
+            return Ok(());
+        }
+        let Some(c) = &hdr.cred else {
+            return Err(StatusCode::MissingCredentials);
+        };
+        let ok = c.meta.type_.as_deref() == Some(auth::AUTH_MD5)
+            && auth::verify_md5(
+                &c.data,
+                &self.cfg.server_id,
+                &self.cfg.server_password,
+                &auth::decode_nonce(&st.client_nonce),
+            );
+        if ok {
+            Ok(())
+        } else {
+            Err(StatusCode::InvalidCredentials)
+        }
+    }
+
     async fn post(&self, url: &str, m: &Message) -> Result<Message, DeviceError> {
-        let body = codec::encode(m);
+        let mut body = codec::encode(m);
+        if self.cfg.strict.doctype {
+            // After the XML declaration, before the root element.
+            let at = body.find("<SyncML").unwrap_or(0);
+            body.insert_str(at, DOCTYPE);
+        }
         let mut attempts = 0;
         let resp = loop {
             let resp = self
@@ -132,7 +169,7 @@ impl Agent {
             target: Location::uri(&self.cfg.dms_url),
             source: Location {
                 uri: self.cfg.id.clone(),
-                name: Some(self.cfg.id.clone()),
+                name: Some(self.user().to_string()),
             },
             cred,
             meta: Meta {
@@ -150,6 +187,7 @@ impl Agent {
         };
         let mut url = self.cfg.dms_url.clone();
         let mut auth_tries = 0;
+        let mut server_refusals = 0u32;
         let mut authenticated = false;
         let mut ops = Vec::new();
         let mut reassembly: Option<Reassembly> = None;
@@ -208,6 +246,57 @@ impl Agent {
                     _ => {}
                 }
             }
+            let msg_ref = reply.header.msg_id;
+            if let Err(code) = self.check_server(&st, &reply.header) {
+                server_refusals += 1;
+                if server_refusals > 3 {
+                    self.state.lock().await.client_nonce = st.client_nonce.clone();
+                    self.save().await?;
+                    return Err(DeviceError::ServerNotAuthenticated(code.code()));
+                }
+                // Not the server we know: nothing it sent is executed or believed. Challenge
+                // it with a fresh nonce and refuse every command the same way.
+                let nonce = auth::encode_nonce(&auth::new_nonce());
+                st.client_nonce.clone_from(&nonce);
+                tracing::info!(device = %self.cfg.id, status = code.code(), "the server did not authenticate; challenging it");
+                let mut commands = vec![Command::Status(Status {
+                    msg_ref,
+                    cmd_ref: 0,
+                    cmd: "SyncHdr".into(),
+                    target_refs: vec![reply.header.target.uri.clone()],
+                    source_refs: vec![reply.header.source.uri.clone()],
+                    chal: Some(Meta {
+                        type_: Some(auth::AUTH_MD5.into()),
+                        format: Some("b64".into()),
+                        next_nonce: Some(nonce),
+                        ..Meta::default()
+                    }),
+                    code: code.code(),
+                    ..Status::default()
+                })];
+                for c in &reply.commands {
+                    if !matches!(c, Command::Status(_) | Command::Results(_)) {
+                        commands.push(Command::Status(Status {
+                            msg_ref,
+                            cmd_ref: c.cmd_id(),
+                            cmd: c.name().to_string(),
+                            code: code.code(),
+                            ..Status::default()
+                        }));
+                    }
+                }
+                for (i, c) in commands.iter_mut().enumerate() {
+                    c.set_cmd_id(i as u32 + 1);
+                }
+                msg_id += 1;
+                out = Message {
+                    header: header(msg_id, None),
+                    commands,
+                    final_: true,
+                };
+                continue;
+            }
+            server_refusals = 0;
             // Acknowledged reports leave the queue.
             for c in &reply.commands {
                 if let Command::Status(s) = c {
@@ -221,7 +310,6 @@ impl Agent {
             // Answer the server's commands.
             let mut answers: Vec<Command> = Vec::new();
             let mut needs_reply = false;
-            let msg_ref = reply.header.msg_id;
             for c in &reply.commands {
                 self.answer(
                     c,
@@ -310,6 +398,10 @@ impl Agent {
                 let mut code = StatusCode::Ok;
                 for i in &g.items {
                     let uri = i.target.as_ref().map(|t| t.uri.as_str()).unwrap_or("");
+                    if self.cfg.strict.refuse_list && uri.contains("?list=") {
+                        code = StatusCode::OptionalFeatureNotSupported;
+                        continue;
+                    }
                     match st.tree.get_items(uri) {
                         Ok(found) => items.extend(found),
                         Err(e) => code = e.status(),
@@ -324,6 +416,10 @@ impl Agent {
                         ..Results::default()
                     }));
                 }
+            }
+            Command::Add(_) if self.cfg.faults.refuse_adds => {
+                *needs_reply = true;
+                out.push(status(StatusCode::CommandNotAllowed));
             }
             Command::Replace(r) | Command::Add(r) => {
                 *needs_reply = true;
@@ -358,7 +454,9 @@ impl Agent {
                     }
                     let format = i.meta.format.as_deref().unwrap_or("chr");
                     let value = i.data.clone().unwrap_or_default();
-                    let res = if format == "node" {
+                    let res = if self.cfg.strict.strict_writes {
+                        Self::strict_write(st, matches!(c, Command::Add(_)), &target, format, value)
+                    } else if format == "node" {
                         st.tree.add_interior(&target)
                     } else {
                         st.tree.set(&target, format, value)
@@ -415,6 +513,31 @@ impl Agent {
                 out.push(status(StatusCode::OptionalFeatureNotSupported));
             }
         }
+    }
+
+    /// Writes as strict devices do: `Add` creates a node under an existing parent and is
+    /// refused (418) for one that exists; `Replace` changes an existing node only (404).
+    fn strict_write(
+        st: &mut DeviceState,
+        add: bool,
+        target: &str,
+        format: &str,
+        value: String,
+    ) -> Result<(), crate::syncml::tree::TreeError> {
+        use crate::syncml::tree::TreeError;
+        let exists = st.tree.get(target).is_some();
+        if add {
+            let parent = target.rsplit_once('/').map_or(".", |(p, _)| p);
+            if st.tree.get(parent).is_none() {
+                return Err(TreeError::NotFound(parent.to_string()));
+            }
+            let value = (format != "node").then_some(value);
+            return st.tree.add(target, format, value);
+        }
+        if !exists {
+            return Err(TreeError::NotFound(target.to_string()));
+        }
+        st.tree.set(target, format, value)
     }
 
     /// Keeps a delivered object beside the state file and records it in the tree.

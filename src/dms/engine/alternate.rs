@@ -6,23 +6,22 @@
 use super::session::Session;
 use super::{Engine, EngineError};
 use crate::dms::catalog::Build;
-use crate::dms::job::{node_id, Job, JobOp, Stage, Step, TimelineEntry};
+use crate::dms::job::{node_id, Job, JobOp, NodeWrite, Stage, Step, TicketRef, TimelineEntry};
 use crate::dms::store::now_ms;
 use crate::scomo::{self, Operation};
-use crate::syncml::message::*;
 pub use crate::webhook::event::DownloadEvent as AdsEvent;
 use crate::webhook::event::DownloadEventKind;
 
 impl Engine {
-    /// Puts the build on a healthy ADS node (if it lacks it), mints a one-time URL and returns
-    /// the commands that hand it to the device: a Replace of the Download node (URL, expected
-    /// digests) and the Exec of its operation. `None` when no node could serve.
+    /// Puts the build on a healthy ADS node (if it lacks it), mints a one-time URL and plans
+    /// the writes that hand it to the device: the Download node (URL, expected digests), whose
+    /// operation is Exec'd once the device has it. False when no node could serve.
     pub(super) async fn prepare_alternate(
         &self,
         s: &mut Session,
         job: &mut Job,
         build: &Build,
-    ) -> Result<Option<Vec<Command>>, EngineError> {
+    ) -> Result<bool, EngineError> {
         let path = self.store.build_path(&build.id);
         for _ in 0..self.ads.nodes.len() {
             let Some(node) = self.ads.pick() else {
@@ -60,40 +59,34 @@ impl Engine {
             );
             let pkg = node_id(&build.name);
             let dl = scomo::download_node(&pkg);
-            let leaf = |k: &str, v: &str| {
-                Item::target(format!("{dl}/{k}"))
-                    .with_meta(Meta::format("chr"))
-                    .with_data(v)
-            };
-            let replace = Command::Replace(ItemCommand {
-                cmd_id: s.cmd_id(),
-                items: vec![
-                    leaf("PkgID", &pkg),
-                    leaf("Name", &build.name),
-                    leaf("PkgURL", &ticket.url),
-                    leaf("PkgType", "application/octet-stream"),
-                    // Our digests, not the ADS's: the device checks what it got against the DMS.
-                    leaf("Ext/Blake3", &build.id),
-                    leaf("Ext/Sha256", &build.sha256),
-                ],
-                ..ItemCommand::default()
-            });
+            job.node_writes = vec![
+                NodeWrite::interior(dl.clone()),
+                NodeWrite::leaf(format!("{dl}/PkgID"), &pkg),
+                NodeWrite::leaf(format!("{dl}/Name"), &build.name),
+                NodeWrite::leaf(format!("{dl}/PkgURL"), &ticket.url),
+                NodeWrite::leaf(format!("{dl}/PkgType"), "application/octet-stream"),
+                // Our digests, not the ADS's: the device checks what it got against the DMS.
+                NodeWrite::interior(format!("{dl}/Ext")),
+                NodeWrite::leaf(format!("{dl}/Ext/Blake3"), &build.id),
+                NodeWrite::leaf(format!("{dl}/Ext/Sha256"), &build.sha256),
+            ];
             let op = if job.operation == JobOp::DownloadInstall {
                 Operation::DownloadInstall
             } else {
                 Operation::Download
             };
-            let exec_path = scomo::operation_node(&dl, op);
-            let exec = s.exec(&job.id, &exec_path);
-            job.record(Step::DownloadRequested, Some(exec_path.clone()));
-            job.exec_path = Some(exec_path);
-            job.stage = Stage::ExecSent;
+            job.exec_path = Some(scomo::operation_node(&dl, op));
+            job.ticket = Some(TicketRef {
+                node: node.name.clone(),
+                id: ticket.id.clone(),
+            });
+            // The Download node first; its Exec once the device has it (stage Writing).
+            job.stage = Stage::Writing;
             self.save_job(job).await?;
-            return Ok(Some(vec![replace, exec]));
+            return Ok(true);
         }
-        Ok(None)
+        Ok(false)
     }
-
     /// Records an ADS callback on its job's timeline (once per event id). A download that
     /// ended without completing fails a job still waiting for the device.
     pub async fn on_ads_callback(&self, event: &AdsEvent) -> Result<(), EngineError> {

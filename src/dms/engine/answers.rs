@@ -5,19 +5,8 @@
 use super::session::{Pending, Session};
 use super::{Engine, EngineError};
 use crate::dms::job::{Delivery, Job, JobOp, JobSource, Stage, Step};
-use crate::scomo;
-use crate::syncml::codes::StatusCode;
+use crate::scomo::{self, tag};
 use crate::syncml::message::*;
-use crate::syncml::tree::DevDetail;
-
-/// The text of `<name>…</name>` in a vendor alert's data.
-fn tag(data: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let s = data.find(&open)? + open.len();
-    let e = data[s..].find(&close)? + s;
-    Some(data[s..e].trim().to_string())
-}
 
 impl Engine {
     pub(super) async fn on_status(&self, s: &mut Session, st: &Status) -> Result<(), EngineError> {
@@ -29,14 +18,9 @@ impl Engine {
         };
         let code = st.code;
         match p {
-            Pending::GetDetail { ref job } | Pending::GetInventory { ref job } => {
-                if StatusCode::is_success(code) {
-                    // The Results follow this Status in the same message.
-                    s.outstanding.insert(st.cmd_ref, p);
-                } else {
-                    tracing::info!(%job, code, "device refused a Get; continuing without it");
-                }
-            }
+            Pending::Read { .. } => self.on_read_status(s, st, p).await?,
+            Pending::WalkGet { .. } => Self::on_walk_status(s, st, p),
+            Pending::Write { .. } => Self::on_write_status(s, st, p),
             Pending::Chunk { job, last } => {
                 let Some(mut j) = self.load_job(&job).await? else {
                     return Ok(());
@@ -56,7 +40,13 @@ impl Engine {
                         s.delivery = None;
                         let reason =
                             format!("the device rejected the in-band delivery with status {code}");
-                        j.record(Step::DeviceAck, Some(format!("status {code}")));
+                        j.record(
+                            Step::DeviceRefused,
+                            Some(format!(
+                                "Add {}/Data: status {code}",
+                                scomo::delivered_node(&j.node_id())
+                            )),
+                        );
                         self.finish(
                             &mut j,
                             false,
@@ -85,7 +75,10 @@ impl Engine {
                         self.finish(&mut j, true, Some(1200), None).await?;
                     }
                     _ => {
-                        j.record(Step::DeviceResult, Some(format!("Exec status {code}")));
+                        j.record(
+                            Step::DeviceRefused,
+                            Some(format!("Exec {}: status {code}", j.exec_path())),
+                        );
                         let reason = format!("the device answered the Exec with status {code}");
                         self.finish(
                             &mut j,
@@ -105,35 +98,9 @@ impl Engine {
         let Some(p) = s.outstanding.remove(&r.cmd_ref) else {
             return Ok(());
         };
-        let device = s.device.clone();
         match p {
-            Pending::GetDetail { job } => {
-                let detail = DevDetail::from_items(&r.items);
-                if let Some(d) = detail.clone() {
-                    self.store
-                        .run(move |st| st.update_device(&device, |dev| dev.devdetail = Some(d)))
-                        .await?;
-                }
-                if let Some(mut j) = self.load_job(&job).await? {
-                    let fw = detail.map(|d| format!("FwV {}", d.fw_v));
-                    j.record(Step::Devdetail, fw);
-                    self.save_job(&j).await?;
-                }
-            }
-            Pending::GetInventory { job } => {
-                let inv = inventory_json(&r.items);
-                let summary = format!(
-                    "{} delivered, {} deployed",
-                    inv["delivered"].as_object().map_or(0, |o| o.len()),
-                    inv["deployed"].as_object().map_or(0, |o| o.len())
-                );
-                self.store
-                    .run(move |st| st.update_device(&device, |dev| dev.inventory = Some(inv)))
-                    .await?;
-                if let Some(mut j) = self.load_job(&job).await? {
-                    j.record(Step::Inventory, Some(summary));
-                    self.save_job(&j).await?;
-                }
+            Pending::Read { .. } | Pending::WalkGet { .. } => {
+                self.on_read_results(s, r, p).await?;
             }
             // A Results for a Chunk or Exec is not expected; the Status carries the outcome.
             other => {

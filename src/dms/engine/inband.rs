@@ -5,7 +5,7 @@
 use super::session::{Pending, Session};
 use super::stages::Next;
 use super::{Engine, EngineError};
-use crate::dms::job::{Job, Stage, Step};
+use crate::dms::job::{Job, NodeWrite, Stage, Step};
 use crate::dms::store::DmsStoreError;
 use crate::scomo;
 use crate::syncml::large_object::{self, Chunk};
@@ -80,6 +80,10 @@ impl Engine {
         );
         job.stage = Stage::Delivering;
         self.save_job(job).await?;
+        // Each chunk takes a message: they do not count toward the session's cap.
+        s.expected_messages = s
+            .expected_messages
+            .saturating_add(u32::try_from(chunks.len()).unwrap_or(u32::MAX));
         s.delivery = Some(InbandDelivery {
             job: job.id.clone(),
             sha256: build.sha256.clone(),
@@ -90,8 +94,8 @@ impl Engine {
         Ok(self.next_chunk(s, job))
     }
 
-    /// The next chunk as a Replace of the Delivered node's `Data` (the first also names the
-    /// package and its digest).
+    /// The next chunk as an Add of the Delivered node's `Data` (the first message also adds
+    /// the node, its package id, name and digest).
     pub(super) fn next_chunk(&self, s: &mut Session, job: &Job) -> Next {
         let Some(d) = s.delivery.as_mut() else {
             return Next::Idle;
@@ -105,18 +109,23 @@ impl Engine {
         d.ready = false;
         let pkg = job.node_id();
         let node = scomo::delivered_node(&pkg);
-        let leaf = |k: &str, v: String| {
-            Item::target(format!("{node}/{k}"))
-                .with_meta(Meta::format("chr"))
-                .with_data(v)
-        };
-        let mut items = Vec::new();
+        let mut commands = Vec::new();
         if first {
-            items.push(leaf("PkgID", pkg.clone()));
-            items.push(leaf("Name", job.component.clone().unwrap_or_default()));
-            // SCOMO 1.0 has no hash node; ours is Ext/Sha256 (see OMA-DM-NOTES.md §6).
-            items.push(leaf("Ext/Sha256", sha256));
+            // The component's node does not exist on the device until we add it.
+            let writes = [
+                NodeWrite::interior(node.clone()),
+                NodeWrite::leaf(format!("{node}/PkgID"), pkg.clone()),
+                NodeWrite::leaf(
+                    format!("{node}/Name"),
+                    job.component.clone().unwrap_or_default(),
+                ),
+                // SCOMO 1.0 has no hash node; ours is Ext/Sha256 (see OMA-DM-NOTES.md §6).
+                NodeWrite::interior(format!("{node}/Ext")),
+                NodeWrite::leaf(format!("{node}/Ext/Sha256"), sha256),
+            ];
+            commands = Self::add_commands(s, &job.id, &writes);
         }
+        let mut items = Vec::new();
         items.push(Item {
             target: Some(Location::uri(format!("{node}/Data"))),
             meta: Meta {
@@ -137,13 +146,14 @@ impl Engine {
                 last: !chunk.more,
             },
         );
-        let cmd = Command::Replace(ItemCommand {
+        // Every chunk of the object travels in the same command, an Add of its Data leaf.
+        commands.push(Command::Add(ItemCommand {
             cmd_id,
             items,
             ..ItemCommand::default()
-        });
+        }));
         Next::Send {
-            commands: vec![cmd],
+            commands,
             final_: !chunk.more,
         }
     }

@@ -5,9 +5,13 @@
 //! The parts, in the order a message meets them:
 //! - [`session`]: a message's way in: decode, find or start the session, authenticate,
 //!   answer every command, compose the reply.
+//! - [`auth`]: credentials both ways, challenges, and what may continue a session.
 //! - [`answers`]: what the device's Statuses, Results and Alerts mean for its jobs.
+//! - [`reads`]: DevDetail and inventory reads, with `?list=` or node by node.
 //! - [`stages`]: the job stage machine ([`Stage`](super::job::Stage)), one method per stage,
 //!   emitting the next commands for the device.
+//! - [`writes`]: nodes added on the device (`Add`, `Replace` on 418) before the Exec that
+//!   needs them.
 //! - [`inband`] and [`alternate`]: the two delivery mechanisms (a large object inside the
 //!   session, flow 5.4.1; a one-time URL on an ADS node, flow 5.4.2, with its callbacks).
 //!
@@ -18,9 +22,12 @@
 
 mod alternate;
 mod answers;
+mod auth;
 mod inband;
+mod reads;
 mod session;
 mod stages;
+mod writes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +72,8 @@ pub struct EngineConfig {
     /// In-band deliveries a job may start before it fails (a device that drops every
     /// session must not keep the job, and its session slot, busy forever).
     pub max_delivery_attempts: u32,
+    /// Messages a session may take beyond an in-band object's chunks.
+    pub max_session_messages: u32,
     pub ticket_ttl_secs: u64,
     /// Delivery of jobs the device asks for (alternative flows 1).
     pub default_delivery: Delivery,

@@ -1,15 +1,17 @@
-//! A message's way through the engine: decode, find or start its session, authenticate the
-//! device, answer every command with a Status, let the stage machine add its commands, and
-//! compose the reply.
+//! A message's way through the engine: decode, find or start its session (bound to its
+//! RespURI key), authenticate the device ([`auth`](super::auth)), answer every command with a
+//! Status, let the stage machine add its commands, and compose the reply, bounded in messages
+//! and in repetitions of one command.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::auth::{throttle_key, ServerAuth};
 use super::inband::InbandDelivery;
+use super::reads::{Read, Walk};
 use super::{Engine, EngineError};
-use crate::dms::job::now_ms;
-use crate::syncml::auth;
+use crate::dms::job::{NodeWrite, Step};
 use crate::syncml::codec::{self, CodecError};
 use crate::syncml::codes::{AlertCode, StatusCode};
 use crate::syncml::message::*;
@@ -18,10 +20,52 @@ use crate::syncml::tree::DevInfo;
 /// A command we sent and whose answer decides something for a job.
 #[derive(Debug, Clone)]
 pub(super) enum Pending {
-    GetDetail { job: String },
-    GetInventory { job: String },
-    Chunk { job: String, last: bool },
-    Exec { job: String },
+    /// A read of DevDetail or the inventory (`uri` as sent).
+    Read {
+        job: String,
+        what: Read,
+        uri: String,
+    },
+    /// One node of a walk (see [`reads`](super::reads)).
+    WalkGet {
+        job: String,
+    },
+    /// A node write (see [`writes`](super::writes)); `replace` after a 418 to its `Add`.
+    Write {
+        job: String,
+        write: NodeWrite,
+        replace: bool,
+    },
+    Chunk {
+        job: String,
+        last: bool,
+    },
+    Exec {
+        job: String,
+    },
+}
+
+impl Pending {
+    pub(super) fn job(&self) -> &str {
+        match self {
+            Pending::Read { job, .. }
+            | Pending::WalkGet { job }
+            | Pending::Write { job, .. }
+            | Pending::Chunk { job, .. }
+            | Pending::Exec { job } => job,
+        }
+    }
+}
+
+/// A job's node writes in this session.
+#[derive(Debug, Default)]
+pub(super) struct WriteBatch {
+    /// Writes sent and not answered yet.
+    pub(super) awaiting: usize,
+    /// Leaves the device already had (418 to `Add`): to be replaced.
+    pub(super) replaces: Vec<NodeWrite>,
+    /// The first refused write and the device's status.
+    pub(super) failed: Option<(String, u16)>,
 }
 
 /// One DM session with one device.
@@ -37,12 +81,37 @@ pub(super) struct Session {
     pub(super) max_obj: u64,
     pub(super) outstanding: HashMap<u32, Pending>,
     pub(super) delivery: Option<InbandDelivery>,
+    /// Reads done node by node, oldest first.
+    pub(super) walks: VecDeque<Walk>,
+    /// Node writes per job, as the device answers them.
+    pub(super) writes: HashMap<String, WriteBatch>,
     pub(super) devinfo_seen: bool,
     pub(super) last_seen: Instant,
-    /// Where this message came from: the failed-auth backoff is per device and address, so
-    /// a guesser elsewhere cannot lock the real device out.
+    /// Where this message came from: failed authentications count toward its backoff.
     pub(super) peer: Option<IpAddr>,
+    /// How we authenticate to the device, with its server password and the nonce it gave us
+    /// (read with the device record when it authenticates).
+    pub(super) server_auth: ServerAuth,
+    /// The commands of our last message and whether it was final: sent again, with fresh
+    /// credentials, when the device refuses our header.
+    pub(super) last_commands: Vec<Command>,
+    pub(super) last_final: bool,
+    /// Times in a row the device refused our credentials.
+    pub(super) server_auth_refusals: u32,
+    /// Messages received in this session, and those expected beyond the cap (chunks).
+    pub(super) messages: u32,
+    pub(super) expected_messages: u32,
+    /// How often each command (name and target) was sent in this session.
+    pub(super) sent: HashMap<String, u32>,
+    /// The unguessable key of this session's RespURI (128 bits, hex): a message continues the
+    /// session only at that URI or with valid credentials, never by naming the device and a
+    /// 16-bit SessionID alone.
+    pub(super) key: String,
 }
+
+/// Times one command (same name, same target) may be sent in a session: a device that never
+/// answers it does not get it forever.
+const MAX_REPEATS: u32 = 3;
 
 impl Session {
     pub(super) fn new(msg: &Message, peer: Option<IpAddr>) -> Self {
@@ -57,9 +126,19 @@ impl Session {
             max_obj: msg.header.meta.max_obj_size.unwrap_or(1 << 20),
             outstanding: HashMap::new(),
             delivery: None,
+            walks: VecDeque::new(),
+            writes: HashMap::new(),
             devinfo_seen: false,
             last_seen: Instant::now(),
             peer,
+            server_auth: ServerAuth::default(),
+            last_commands: Vec::new(),
+            last_final: true,
+            server_auth_refusals: 0,
+            messages: 0,
+            expected_messages: 0,
+            sent: HashMap::new(),
+            key: format!("{:032x}", rand::random::<u128>()),
         }
     }
 
@@ -116,7 +195,7 @@ fn status_for(cmd: &Command, msg_ref: u32, code: StatusCode) -> Status {
     }
 }
 
-fn hdr_status(in_hdr: &Header, code: StatusCode, chal: Option<Meta>) -> Status {
+pub(super) fn hdr_status(in_hdr: &Header, code: StatusCode, chal: Option<Meta>) -> Status {
     Status {
         cmd_id: 1,
         msg_ref: in_hdr.msg_id,
@@ -127,22 +206,6 @@ fn hdr_status(in_hdr: &Header, code: StatusCode, chal: Option<Meta>) -> Status {
         chal,
         code: code.code(),
         ..Status::default()
-    }
-}
-
-fn chal(nonce_b64: &str) -> Meta {
-    Meta {
-        type_: Some(auth::AUTH_MD5.into()),
-        format: Some("b64".into()),
-        next_nonce: Some(nonce_b64.to_string()),
-        ..Meta::default()
-    }
-}
-
-fn throttle_key(device: &str, peer: Option<IpAddr>) -> String {
-    match peer {
-        Some(ip) => format!("{device}@{ip}"),
-        None => device.to_string(),
     }
 }
 
@@ -170,7 +233,13 @@ impl Engine {
     }
 
     /// Handles one message from a device at `peer`; returns the XML answer.
-    pub async fn handle(&self, body: &[u8], peer: Option<IpAddr>) -> Result<String, EngineError> {
+    /// `session_key` is the `s` of the RespURI the message was posted to, if any.
+    pub async fn handle(
+        &self,
+        body: &[u8],
+        peer: Option<IpAddr>,
+        session_key: Option<&str>,
+    ) -> Result<String, EngineError> {
         let msg = match codec::decode(body, &self.cfg.limits) {
             Ok(m) => m,
             Err(e) => {
@@ -194,7 +263,19 @@ impl Engine {
         let key = (device.clone(), msg.header.session_id.clone());
         let taken = self.sessions().remove(&key);
         let taken = taken.filter(|s| s.last_seen.elapsed() < self.cfg.session_timeout);
+        // MsgID 1 starts a session over: the device abandoned the one we hold (or its
+        // authentication failed); waiting for that to expire would lock it out. An
+        // authenticated session is only replaced once the new start authenticates too, so a
+        // stranger replaying a MsgID 1 cannot end the device's session.
+        let mut abandoned = None;
         let mut s = match taken {
+            Some(old) if msg.header.msg_id == 1 && old.next_in != 1 => {
+                tracing::info!(device = %device, session = %msg.header.session_id, "the device starts its session over");
+                if old.authenticated {
+                    abandoned = Some(old);
+                }
+                Session::new(&msg, peer)
+            }
             Some(s) => s,
             None if msg.header.msg_id == 1 => Session::new(&msg, peer),
             None => {
@@ -214,10 +295,27 @@ impl Engine {
             self.sessions().insert(key, s);
             return Ok(reply);
         }
+        if s.authenticated && !self.continues(&s, &msg, session_key).await? {
+            // Neither this session's RespURI nor valid credentials: a stranger naming the
+            // device and its SessionID. Refused like a failed credential, and throttled; the
+            // session is left as it was.
+            let backoff = self.auth_throttle.failed(&throttle_key(&device, peer));
+            tracing::info!(device = %device, backoff_ms = backoff.map(|d| d.as_millis() as u64), "a message for a session without its key or credentials");
+            self.sessions().insert(key, s);
+            return Ok(self.error_reply(
+                &msg.header,
+                StatusCode::InvalidCredentials,
+                "continue the session at its RespURI, or send credentials",
+            ));
+        }
         s.next_in += 1;
         s.last_seen = Instant::now();
         s.peer = peer;
         let result = self.process(&mut s, &msg).await;
+        if let Some(old) = abandoned.filter(|_| !s.authenticated) {
+            self.sessions().insert(key, old);
+            return result.map(|(reply, _)| reply);
+        }
         match result {
             Ok((reply, keep)) => {
                 if keep {
@@ -233,68 +331,6 @@ impl Engine {
         }
     }
 
-    async fn authenticate(&self, s: &mut Session, msg: &Message) -> Result<Status, EngineError> {
-        let id = s.device.clone();
-        let throttle_key = throttle_key(&s.device, s.peer);
-        let Some(dev) = self.store.run(move |st| st.device(&id)).await? else {
-            // Probing for device ids counts as a failed attempt too.
-            self.auth_throttle.failed(&throttle_key);
-            return Ok(hdr_status(&msg.header, StatusCode::Forbidden, None));
-        };
-        let new_nonce = auth::encode_nonce(&auth::new_nonce());
-        let (code, ok) = match &msg.header.cred {
-            None => (StatusCode::MissingCredentials, false),
-            Some(c) => {
-                let kind = c.meta.type_.as_deref().unwrap_or(auth::AUTH_BASIC);
-                let ok = if kind == auth::AUTH_MD5 {
-                    let user = msg.header.source.name.as_deref().unwrap_or(&dev.id);
-                    auth::verify_md5(
-                        &c.data,
-                        user,
-                        &dev.password,
-                        &auth::decode_nonce(&dev.server_nonce),
-                    )
-                } else if kind == auth::AUTH_BASIC && (self.cfg.allow_basic || dev.auth == "basic")
-                {
-                    auth::basic_user(&c.data).is_some_and(|u| {
-                        u == dev.id || Some(u.as_str()) == msg.header.source.name.as_deref()
-                    }) && auth::verify_basic(
-                        &c.data,
-                        &auth::basic_user(&c.data).unwrap_or_default(),
-                        &dev.password,
-                    )
-                } else {
-                    false
-                };
-                if ok {
-                    (StatusCode::AuthenticationAccepted, true)
-                } else {
-                    (StatusCode::InvalidCredentials, false)
-                }
-            }
-        };
-        // Every answer carries the nonce for the next attempt or session.
-        let id = dev.id.clone();
-        let nonce = new_nonce.clone();
-        self.store
-            .run(move |st| {
-                st.update_device(&id, |d| {
-                    d.server_nonce = nonce;
-                    d.last_session_at_ms = Some(now_ms());
-                })
-            })
-            .await?;
-        s.authenticated = ok;
-        if ok {
-            self.auth_throttle.succeeded(&throttle_key);
-        } else if code == StatusCode::InvalidCredentials {
-            // 407 (no credentials yet) is the normal first step of a challenge, not a guess.
-            let backoff = self.auth_throttle.failed(&throttle_key);
-            tracing::info!(device = %dev.id, status = code.code(), backoff_ms = backoff.map(|d| d.as_millis() as u64), "device authentication failed");
-        }
-        Ok(hdr_status(&msg.header, code, Some(chal(&new_nonce))))
-    }
-
     /// Processes a message; returns the answer and whether the session continues.
     async fn process(&self, s: &mut Session, msg: &Message) -> Result<(String, bool), EngineError> {
         let mut statuses: Vec<Status> = Vec::new();
@@ -306,17 +342,36 @@ impl Engine {
             if !s.authenticated {
                 // Keep the session for a retry with the new nonce, but not for an unknown
                 // device: strangers must not fill the session table.
-                let known = statuses
-                    .first()
-                    .is_some_and(|st| st.code != StatusCode::Forbidden.code());
+                let refused = statuses.first().map(|st| st.code);
+                let known = refused.is_some_and(|c| c != StatusCode::Forbidden.code());
+                // Every command gets its own Status (not executed, for the same reason), so
+                // that clients which re-send per command do re-send.
+                let code = refused
+                    .and_then(StatusCode::from_code)
+                    .unwrap_or(StatusCode::InvalidCredentials);
+                for cmd in &msg.commands {
+                    if !matches!(cmd, Command::Status(_) | Command::Results(_)) {
+                        statuses.push(status_for(cmd, msg.header.msg_id, code));
+                    }
+                }
                 let reply = self.compose(s, statuses, Vec::new(), true);
                 return Ok((reply, known));
             }
         }
         let msg_ref = msg.header.msg_id;
+        // The device's verdict on our credentials: refused, none of our commands ran, and
+        // their statuses say only that.
+        let our_header_refused = msg.commands.iter().find_map(|c| match c {
+            Command::Status(st) if st.cmd_ref == 0 && matches!(st.code, 401 | 407) => Some(st),
+            _ => None,
+        });
+        if our_header_refused.is_none() {
+            s.server_auth_refusals = 0;
+        }
         let mut end_requested = false;
         for cmd in &msg.commands {
             match cmd {
+                Command::Status(_) | Command::Results(_) if our_header_refused.is_some() => {}
                 Command::Status(st) => self.on_status(s, st).await?,
                 Command::Results(r) => self.on_results(s, r).await?,
                 Command::Alert(a) => {
@@ -354,6 +409,15 @@ impl Engine {
         if end_requested {
             return Ok((self.compose(s, statuses, Vec::new(), true), false));
         }
+        s.messages += 1;
+        let cap = self
+            .cfg
+            .max_session_messages
+            .saturating_add(s.expected_messages);
+        if s.messages > cap {
+            tracing::warn!(device = %s.device, messages = s.messages, "session message cap reached; ending the session");
+            return Ok((self.compose(s, statuses, Vec::new(), true), false));
+        }
         if !msg.final_ {
             // The device's package continues: ask for its next message.
             let next = Command::Alert(Alert {
@@ -363,17 +427,67 @@ impl Engine {
             });
             return Ok((self.compose(s, statuses, vec![next], true), true));
         }
+        if let Some(refusal) = our_header_refused {
+            return self
+                .resend_with_fresh_credentials(s, statuses, refusal)
+                .await;
+        }
         // Every command we sent was answered in this message or never will be.
         s.outstanding.clear();
         s.next_cmd = statuses.len() as u32 + 1;
         let (commands, final_) = self.drive(s).await?;
+        if let Some(repeated) = self.repeated_too_often(s, &commands).await? {
+            tracing::warn!(device = %s.device, command = %repeated, "a command went unanswered {MAX_REPEATS} times; ending the session");
+            s.outstanding.clear();
+            return Ok((self.compose(s, statuses, Vec::new(), true), false));
+        }
         let keep = !commands.is_empty() || !s.outstanding.is_empty();
         Ok((self.compose(s, statuses, commands, final_), keep))
     }
 
+    /// Counts the commands about to be sent; the first sent more than [`MAX_REPEATS`] times
+    /// in this session is returned, after its job's timeline says so (the job goes on in a
+    /// later session).
+    async fn repeated_too_often(
+        &self,
+        s: &mut Session,
+        commands: &[Command],
+    ) -> Result<Option<String>, EngineError> {
+        for c in commands {
+            // An object's chunks all target its Data node; each is new.
+            if matches!(s.outstanding.get(&c.cmd_id()), Some(Pending::Chunk { .. })) {
+                continue;
+            }
+            let target = c
+                .items()
+                .first()
+                .and_then(|i| i.target.as_ref())
+                .map_or("", |t| t.uri.as_str());
+            let key = format!("{} {target}", c.name());
+            let n = s.sent.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n <= MAX_REPEATS {
+                continue;
+            }
+            if let Some(job) = s.outstanding.get(&c.cmd_id()).map(|p| p.job().to_string()) {
+                if let Some(mut j) = self.load_job(&job).await? {
+                    j.record(
+                        Step::DeviceRefused,
+                        Some(format!(
+                            "{key}: sent {MAX_REPEATS} times in one session without an answer"
+                        )),
+                    );
+                    self.save_job(&j).await?;
+                }
+            }
+            return Ok(Some(key));
+        }
+        Ok(None)
+    }
+
     /// Builds the answer: header, statuses (numbered 1..n), then the commands (numbered from
     /// n+1 by the stage machine).
-    fn compose(
+    pub(super) fn compose(
         &self,
         s: &mut Session,
         statuses: Vec<Status>,
@@ -390,9 +504,21 @@ impl Engine {
                 Command::Status(st)
             })
             .collect();
+        s.last_commands.clone_from(&commands);
+        s.last_final = final_;
         out.extend(commands);
+        let mut header = self.header_for(&s.session_id, &s.device, msg_id);
+        header.cred = self.server_cred(&s.server_auth);
+        if s.authenticated {
+            let sep = if self.cfg.dm_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            header.resp_uri = Some(format!("{}{sep}s={}", self.cfg.dm_url, s.key));
+        }
         let m = Message {
-            header: self.header_for(&s.session_id, &s.device, msg_id),
+            header,
             commands: out,
             final_,
         };

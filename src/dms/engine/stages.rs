@@ -2,7 +2,8 @@
 //! device moves through its [`Stage`]s until one needs the device, and that stage's commands go
 //! out in the reply. One method per stage; each returns what to do [`Next`].
 
-use super::session::{Pending, Session};
+use super::reads::Read;
+use super::session::Session;
 use super::{Engine, EngineError};
 use crate::dms::catalog;
 use crate::dms::job::{Delivery, Job, JobOp, JobState, Stage, Step};
@@ -36,6 +37,9 @@ impl Engine {
     /// Emits the next commands for the device's jobs. Returns the commands and whether the
     /// message is the last of our package (false while a large object continues).
     pub(super) async fn drive(&self, s: &mut Session) -> Result<(Vec<Command>, bool), EngineError> {
+        if let Some(commands) = self.continue_walks(s).await? {
+            return Ok((commands, true));
+        }
         let device_id = s.device.clone();
         let jobs = self.store.run(move |st| st.open_jobs(&device_id)).await?;
         for mut job in jobs {
@@ -57,6 +61,29 @@ impl Engine {
         s: &mut Session,
         job: &mut Job,
     ) -> Result<Next, EngineError> {
+        let replaces = match self.settle_writes(s, job).await? {
+            Ok(replaces) => replaces,
+            Err(ended) => return Ok(ended),
+        };
+        if !replaces.is_empty() && job.stage != Stage::Delivering {
+            // Nothing that depends on them goes out before they are answered.
+            return Ok(Next::send(replaces));
+        }
+        let next = self.run_stages(s, job).await?;
+        Ok(match next {
+            _ if replaces.is_empty() => next,
+            Next::Send {
+                mut commands,
+                final_,
+            } => {
+                commands.splice(0..0, replaces);
+                Next::Send { commands, final_ }
+            }
+            _ => Next::send(replaces),
+        })
+    }
+
+    async fn run_stages(&self, s: &mut Session, job: &mut Job) -> Result<Next, EngineError> {
         loop {
             let next = match job.stage {
                 Stage::Queued => self.stage_queued(s, job).await?,
@@ -66,6 +93,7 @@ impl Engine {
                 Stage::Deliver => self.start_delivery(s, job).await?,
                 Stage::Delivering => self.stage_delivering(s, job),
                 Stage::Acked => self.stage_acked(job).await?,
+                Stage::Writing => self.stage_writing(s, job).await?,
                 Stage::Exec | Stage::ExecSent => self.stage_exec(s, job).await?,
                 Stage::AwaitingResult | Stage::Done => Next::Idle,
             };
@@ -95,19 +123,9 @@ impl Engine {
         if job.inventory_first || job.operation == JobOp::Inventory {
             let mut cmds = Vec::new();
             if job.inventory_first {
-                cmds.push(s.get(
-                    "./DevDetail?list=StructData",
-                    Pending::GetDetail {
-                        job: job.id.clone(),
-                    },
-                ));
+                cmds.push(self.read(s, &job.id, Read::Detail));
             }
-            cmds.push(s.get(
-                "./SCOMO/Inventory?list=StructData",
-                Pending::GetInventory {
-                    job: job.id.clone(),
-                },
-            ));
+            cmds.push(self.read(s, &job.id, Read::Inventory));
             job.stage = Stage::Reading;
             self.save_job(job).await?;
             return Ok(Next::send(cmds));
@@ -124,10 +142,22 @@ impl Engine {
         }
     }
 
-    /// The reads are answered: an inventory job is done, others go on.
+    /// The reads are answered: an inventory job is done (if the device answered it), others
+    /// go on.
     async fn stage_reading(&self, job: &mut Job) -> Result<Next, EngineError> {
         if job.operation == JobOp::Inventory {
-            self.finish(job, true, Some(1200), None).await?;
+            if job.has(Step::Inventory) {
+                self.finish(job, true, Some(1200), None).await?;
+            } else {
+                let reason = "the device answered the inventory read with no Results".to_string();
+                self.finish(
+                    job,
+                    false,
+                    Some(scomo::ResultCode::ClientError.code()),
+                    Some(reason),
+                )
+                .await?;
+            }
             return Ok(Next::Idle);
         }
         job.stage = Self::after_reading(job);
@@ -151,12 +181,7 @@ impl Engine {
         let needs_fw = builds.iter().any(|b| b.name == name && b.needs_firmware());
         if needs_fw && dev.devdetail.is_none() && !job.has(Step::Devdetail) {
             // Some builds depend on the firmware version: read DevDetail first.
-            let cmd = s.get(
-                "./DevDetail?list=StructData",
-                Pending::GetDetail {
-                    job: job.id.clone(),
-                },
-            );
+            let cmd = self.read(s, &job.id, Read::Detail);
             self.save_job(job).await?;
             return Ok(Next::send(vec![cmd]));
         }
@@ -199,8 +224,8 @@ impl Engine {
             job.stage = Stage::Deliver;
             return Ok(Next::Continue);
         }
-        if let Some(cmds) = self.prepare_alternate(s, job, &build).await? {
-            return Ok(Next::send(cmds));
+        if self.prepare_alternate(s, job, &build).await? {
+            return Ok(Next::Continue);
         }
         if self.cfg.fallback_to_dm && build.size <= s.max_obj {
             job.record(
@@ -249,7 +274,12 @@ impl Engine {
     async fn stage_exec(&self, s: &mut Session, job: &mut Job) -> Result<Next, EngineError> {
         let path = job.exec_path();
         let cmd = s.exec(&job.id, &path);
-        job.record(Step::OperationRequested, Some(path));
+        let step = if path.starts_with("./SCOMO/Download/") {
+            Step::DownloadRequested
+        } else {
+            Step::OperationRequested
+        };
+        job.record(step, Some(path));
         job.stage = Stage::ExecSent;
         self.save_job(job).await?;
         Ok(Next::send(vec![cmd]))
@@ -323,6 +353,7 @@ mod tests {
                 alternate_threshold: 1 << 20,
                 fallback_to_dm,
                 max_delivery_attempts: 2,
+                max_session_messages: 40,
                 ticket_ttl_secs: 60,
                 default_delivery: Delivery::Dm,
             },
@@ -382,8 +413,9 @@ mod tests {
         assert_eq!(j.state, JobState::Running);
         assert!(j.has(Step::SessionInitiated) && j.has(Step::Devinfo));
         assert!(j.has(Step::BuildChosen) && j.has(Step::MechanismChosen));
-        assert_eq!(cmds.len(), 1);
-        assert!(matches!(cmds[0], Command::Replace(_)));
+        // The node, PkgID, Name, Ext and Ext/Sha256 are added, then the first chunk.
+        assert_eq!(cmds.len(), 6, "{cmds:#?}");
+        assert!(cmds.iter().all(|c| matches!(c, Command::Add(_))));
         assert!(
             !final_,
             "3000 bytes in 4 KiB messages take more than one chunk"
@@ -452,14 +484,86 @@ mod tests {
         let (cmds, _) = sent(r.engine.drive_job(&mut s, &mut j).await.unwrap());
         assert!(matches!(cmds[0], Command::Exec(_)));
 
+        // An inventory job succeeds once the inventory was read...
         let mut inv = job(JobOp::Inventory, Delivery::Dm, false);
+        r.store.put_job(&inv).unwrap();
         let (cmds, _) = sent(r.engine.drive_job(&mut s, &mut inv).await.unwrap());
         assert_eq!(cmds.len(), 1);
+        inv.record(Step::Inventory, Some("1 delivered, 0 deployed".into()));
         assert!(matches!(
             r.engine.drive_job(&mut s, &mut inv).await.unwrap(),
             Next::Idle
         ));
         assert_eq!(inv.state, JobState::Succeeded);
+        // ...and fails when the device sent no inventory.
+        let mut inv = job(JobOp::Inventory, Delivery::Dm, false);
+        r.store.put_job(&inv).unwrap();
+        sent(r.engine.drive_job(&mut s, &mut inv).await.unwrap());
+        r.engine.drive_job(&mut s, &mut inv).await.unwrap();
+        assert_eq!(inv.state, JobState::Failed);
+        assert_ne!(inv.result_code, Some(1200));
+    }
+
+    /// A device status for each write: 418 to a leaf's Add becomes a Replace, sent before
+    /// anything that depends on it; any other refusal ends the job with the device's status.
+    #[tokio::test]
+    async fn node_writes_replace_on_418_and_fail_the_job_on_a_refusal() {
+        use crate::dms::job::NodeWrite;
+        use crate::syncml::message::Status;
+        let r = rig(false);
+        let mut s = session(1 << 20);
+        let mut j = job(JobOp::Download, Delivery::Alternate, false);
+        r.store.put_job(&j).unwrap();
+        j.node_writes = vec![
+            NodeWrite::interior("./SCOMO/Download/app"),
+            NodeWrite::leaf("./SCOMO/Download/app/PkgURL", "https://ads/d/x"),
+        ];
+        j.exec_path = Some("./SCOMO/Download/app/Operations/Download".into());
+        j.stage = Stage::Writing;
+        let (cmds, _) = sent(r.engine.drive_job(&mut s, &mut j).await.unwrap());
+        assert_eq!(cmds.len(), 2);
+        let answer = |s: &mut Session, cmd: &Command, code: u16| {
+            let st = Status {
+                cmd_ref: cmd.cmd_id(),
+                code,
+                ..Status::default()
+            };
+            let p = s.outstanding.remove(&cmd.cmd_id()).unwrap();
+            Engine::on_write_status(s, &st, p);
+        };
+        // Both exist already: the interior node is fine, the leaf is replaced.
+        answer(&mut s, &cmds[0], 418);
+        answer(&mut s, &cmds[1], 418);
+        let (replaced, _) = sent(r.engine.drive_job(&mut s, &mut j).await.unwrap());
+        assert_eq!(replaced.len(), 1, "no Exec before the Replace is answered");
+        assert!(matches!(replaced[0], Command::Replace(_)));
+        answer(&mut s, &replaced[0], 200);
+        let (exec, _) = sent(r.engine.drive_job(&mut s, &mut j).await.unwrap());
+        assert!(matches!(exec[0], Command::Exec(_)));
+        assert_eq!(j.stage, Stage::ExecSent);
+        assert!(j.node_writes.is_empty());
+
+        // A refused write: the job ends with the device's status on its timeline.
+        let mut j = job(JobOp::Download, Delivery::Alternate, false);
+        r.store.put_job(&j).unwrap();
+        j.node_writes = vec![NodeWrite::interior("./SCOMO/Download/app")];
+        j.stage = Stage::Writing;
+        let (cmds, _) = sent(r.engine.drive_job(&mut s, &mut j).await.unwrap());
+        answer(&mut s, &cmds[0], 405);
+        assert!(matches!(
+            r.engine.drive_job(&mut s, &mut j).await.unwrap(),
+            Next::Idle
+        ));
+        assert_eq!(j.state, JobState::Failed);
+        let refused = j
+            .timeline
+            .iter()
+            .find(|e| e.step == Step::DeviceRefused)
+            .unwrap();
+        assert_eq!(
+            refused.detail.as_deref(),
+            Some("Add ./SCOMO/Download/app: status 405")
+        );
     }
 
     #[tokio::test]

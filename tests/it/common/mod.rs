@@ -54,6 +54,12 @@ pub fn client(cert: &Path) -> reqwest::Client {
     builder(cert).build().unwrap()
 }
 
+/// A client whose connections come from `local` (any 127.x.y.z is this host): another
+/// address, as far as per-address limits can tell.
+pub fn client_from(cert: &Path, local: std::net::IpAddr) -> reqwest::Client {
+    builder(cert).local_address(local).build().unwrap()
+}
+
 /// A client limited to HTTP/1.1.
 pub fn client_h1(cert: &Path) -> reqwest::Client {
     builder(cert).http1_only().build().unwrap()
@@ -625,6 +631,7 @@ pub fn device_config(
         max_msg_size: 16 * 1024,
         max_obj_size: 4 << 20,
         faults,
+        strict: Default::default(),
     }
 }
 
@@ -684,6 +691,21 @@ pub async fn start_stack(weights: &[(&str, u32)], delivery: &str) -> (Dms, Vec<N
     (dms, nodes)
 }
 
+/// Starts `agent`'s package 0 listener on loopback (stopped with the DMS); returns its URL.
+pub async fn notify_listener(
+    dms: &Dms,
+    agent: &std::sync::Arc<scomo_ads::device::Agent>,
+) -> String {
+    let addr = scomo_ads::device::agent::listen_for_notifications(
+        agent.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        dms.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    format!("http://{addr}/notify")
+}
+
 /// A device trusting the DMS and every given ADS node.
 pub async fn start_device_trusting(
     dms: &Dms,
@@ -695,14 +717,7 @@ pub async fn start_device_trusting(
     let mut cfg = device_config(dms, id, dir.path(), faults);
     cfg.ca_certs.extend(ads.iter().map(|n| n.cert()));
     let agent = scomo_ads::device::Agent::new(cfg).unwrap();
-    let addr = scomo_ads::device::agent::listen_for_notifications(
-        agent.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-        dms.shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let notify_url = format!("http://{addr}/notify");
+    let notify_url = notify_listener(dms, &agent).await;
     dms.provision(id, "dev-secret", Some(&notify_url)).await;
     Device {
         agent,
