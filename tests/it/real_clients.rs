@@ -738,3 +738,42 @@ async fn scomo_nodes_are_added_and_a_refused_write_revokes_the_ticket() {
         .unwrap();
     assert_eq!(ads.ticket(ticket).await["state"], "revoked");
 }
+
+/// Item 8 over the wire: a message with the standard DOCTYPE runs a session; one whose
+/// DOCTYPE declares entities gets a SyncML 400 for its header (readable) rather than a bare
+/// HTTP 400, and nothing declared is expanded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctypes_standard_accepted_others_answered_in_syncml() {
+    let dms = start_dms().await;
+    dms.provision("IMEI:1680", "dev-secret", None).await;
+    let c = RawClient::new(&dms, "IMEI:1680", "1");
+    let m = c.package1(1, md5_cred("IMEI:1680", "dev-secret", &[0, 0, 0, 0]), None);
+    let xml = codec::encode(&m);
+    let at = xml.find("<SyncML").unwrap();
+    let post = |doctype: &str| {
+        let body = format!("{}{doctype}\n{}", &xml[..at], &xml[at..]);
+        dms.client()
+            .post(&dms.handle.dm_url)
+            .header("content-type", scomo_ads::syncml::CONTENT_TYPE)
+            .body(body)
+            .send()
+    };
+    let r = post(r#"<!DOCTYPE SyncML PUBLIC "-//SYNCML//DTD SyncML 1.2//EN" "http://www.openmobilealliance.org/tech/DTD/OMA-TS-DM_SyncML-V1_2.dtd">"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let reply = codec::decode(&r.bytes().await.unwrap(), &Limits::default()).unwrap();
+    assert_eq!(hdr_status(&reply).code, 212);
+
+    let r = post(r#"<!DOCTYPE SyncML [<!ENTITY x "boom">]>"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "answered in SyncML");
+    let reply = codec::decode(&r.bytes().await.unwrap(), &Limits::default()).unwrap();
+    let h = hdr_status(&reply);
+    assert_eq!(h.code, 400);
+    assert!(
+        format!("{:?}", h.items).contains("DOCTYPE"),
+        "the reason is given: {h:?}"
+    );
+}
