@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
 # cargo-fuzz's sanitizer flags are nightly-only; the machine has one stable toolchain.
 export RUSTC_BOOTSTRAP=1
 T=${SECONDS_PER_TARGET:-600}
-for target in range token syncml pkg0 large_object; do
+for target in range token syncml wbxml pkg0 large_object; do
   mkdir -p corpus/$target
   log=$(mktemp)
   if cargo fuzz run "$target" corpus/$target -- -max_total_time="$T" -rss_limit_mb=2048 > "$log" 2>&1; then

@@ -241,6 +241,9 @@ pub struct DeviceArgs {
     /// The DM account's user name, when it is not the device id.
     #[arg(long)]
     pub username: Option<String>,
+    /// How messages are encoded: xml or wbxml.
+    #[arg(long, default_value = "xml", value_parser = ["xml", "wbxml"])]
+    pub encoding: String,
     /// Strict device: answer 406 to Gets with `?list=`.
     #[arg(long)]
     pub refuse_list: bool,

@@ -13,11 +13,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AdsConfig, DmsConfig};
 use crate::device::{Agent, DeviceConfig, Faults, Strict};
 use crate::syncml::tree::{DevDetail, DevInfo};
+use crate::syncml::Encoding;
 
 /// One scenario's outcome.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub flow: String,
+    /// `xml` or `wbxml`: how the device encoded its messages.
+    pub encoding: &'static str,
+    /// SyncML bytes on the wire in the flow's sessions (both ways).
+    pub dm_bytes: u64,
     pub steps: String,
     pub ok: bool,
     pub detail: String,
@@ -125,7 +130,13 @@ impl Ctx {
 
     /// A device agent provisioned on the DMS; `strict` turns on every strict mode of
     /// [`Strict`] (as field devices behave) with the record those need.
-    async fn device(&self, id: &str, faults: Faults, strict: bool) -> Result<Arc<Agent>, String> {
+    async fn device(
+        &self,
+        id: &str,
+        faults: Faults,
+        strict: bool,
+        encoding: Encoding,
+    ) -> Result<Arc<Agent>, String> {
         let login = format!("login-{id}");
         let cfg = DeviceConfig {
             id: id.into(),
@@ -169,6 +180,7 @@ impl Ctx {
             } else {
                 Strict::default()
             },
+            encoding,
         };
         let agent = Agent::new(cfg).map_err(|e| e.to_string())?;
         let addr = crate::device::agent::listen_for_notifications(
@@ -291,8 +303,16 @@ fn with_alt2<'a>(first: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String> {
-    let n = flow.replace([' ', '.'], "-");
+async fn scenario(
+    ctx: &Ctx,
+    flow: &str,
+    encoding: Encoding,
+) -> Result<(Value, Vec<String>, u64), String> {
+    let n = format!(
+        "{}-{}",
+        flow.replace([' ', '.'], "-"),
+        encoding_name(encoding)
+    );
     // A "strict" row is the same flow with a device in every strict mode.
     let (strict, flow) = match flow.strip_prefix("strict ") {
         Some(base) => (true, base),
@@ -307,7 +327,18 @@ async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String>
     } else {
         Faults::default()
     };
-    let dev = ctx.device(&dev_id, faults, strict).await?;
+    let dev = ctx.device(&dev_id, faults, strict, encoding).await?;
+    let (job, want) = run_flow(ctx, flow, &dev, &dev_id).await?;
+    Ok((job, want, dev.dm_bytes()))
+}
+
+/// One flow's steps on `dev`; returns the job and the timeline it must show.
+async fn run_flow(
+    ctx: &Ctx,
+    flow: &str,
+    dev: &Arc<Agent>,
+    dev_id: &str,
+) -> Result<(Value, Vec<String>), String> {
     let job = |op: &str, component: &str, delivery: &str, inv: bool| json!({"device": dev_id, "operation": op, "component": component, "delivery": delivery, "inventory_first": inv});
     let own = |v: Vec<&str>| -> Vec<String> { v.into_iter().map(String::from).collect() };
     Ok(match flow {
@@ -322,7 +353,7 @@ async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String>
             // The device asked for the component: download and install.
             let mut want = with_first("device_request", S541);
             want.insert(want.len() - 1, "device_result");
-            (ctx.device_job(&dev_id).await?, own(want))
+            (ctx.device_job(dev_id).await?, own(want))
         }
         "5.4.1 alt 2" => (
             ctx.job(job("download", "app", "dm", true)).await?,
@@ -338,7 +369,7 @@ async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String>
                 .await
                 .map_err(|e| e.to_string())?;
             (
-                ctx.device_job(&dev_id).await?,
+                ctx.device_job(dev_id).await?,
                 own(with_first("device_request", S542)),
             )
         }
@@ -361,7 +392,7 @@ async fn scenario(ctx: &Ctx, flow: &str) -> Result<(Value, Vec<String>), String>
                         .await
                         .map_err(|e| e.to_string())?;
                     (
-                        ctx.device_job(&dev_id).await?,
+                        ctx.device_job(dev_id).await?,
                         own(with_first("device_request", S543)),
                     )
                 }
@@ -479,10 +510,13 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
         .map_err(DemoError::Setup)?;
 
     let mut rows = Vec::new();
-    for flow in FLOWS {
+    for (encoding, flow) in [Encoding::Xml, Encoding::Wbxml]
+        .into_iter()
+        .flat_map(|e| FLOWS.into_iter().map(move |f| (e, f)))
+    {
         let t0 = Instant::now();
-        let row = match scenario(&ctx, flow).await {
-            Ok((job, want)) => {
+        let row = match scenario(&ctx, flow, encoding).await {
+            Ok((job, want, dm_bytes)) => {
                 let n = seen(&job, &want);
                 let id = job["id"].as_str().unwrap_or("").to_string();
                 // The EMI hears about each job exactly once.
@@ -497,6 +531,8 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
                 let ok = job["state"] == "succeeded" && n == want.len() && told == 1;
                 Row {
                     flow: flow.to_string(),
+                    encoding: encoding_name(encoding),
+                    dm_bytes,
                     steps: format!("{n}/{}", want.len()),
                     ok,
                     detail: if ok {
@@ -512,6 +548,8 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
             }
             Err(e) => Row {
                 flow: flow.to_string(),
+                encoding: encoding_name(encoding),
+                dm_bytes: 0,
                 steps: "-".into(),
                 ok: false,
                 detail: e,
@@ -525,19 +563,28 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
     Ok(rows)
 }
 
+fn encoding_name(e: Encoding) -> &'static str {
+    match e {
+        Encoding::Xml => "xml",
+        Encoding::Wbxml => "wbxml",
+    }
+}
+
 /// The table as text.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<20} {:>6}  {:<6} {:>8}  {}\n",
-        "flow", "steps", "result", "time", "detail"
+        "{:<20} {:<8} {:>6}  {:<6} {:>8} {:>9}  {}\n",
+        "flow", "encoding", "steps", "result", "time", "DM bytes", "detail"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<20} {:>6}  {:<6} {:>7}ms  {}\n",
+            "{:<20} {:<8} {:>6}  {:<6} {:>6}ms {:>9}  {}\n",
             r.flow,
+            r.encoding,
             r.steps,
             if r.ok { "pass" } else { "FAIL" },
             r.took.as_millis(),
+            r.dm_bytes,
             r.detail
         ));
     }

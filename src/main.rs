@@ -356,6 +356,8 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             interrupt_downloads: args.interrupt_downloads,
             refuse_adds: false,
         },
+        encoding: scomo_ads::syncml::Encoding::parse(&args.encoding)
+            .context("--encoding takes xml or wbxml")?,
         strict: scomo_ads::device::Strict {
             require_server_auth: args.require_server_auth,
             doctype: args.doctype,

@@ -23,6 +23,7 @@ use super::store::{now_ms, Device, DmsStore};
 use crate::ads::content::{self, IngestError};
 use crate::net::guard::{self, EndpointGuard};
 use crate::syncml::auth::AuthScheme;
+use crate::syncml::Encoding;
 use crate::webhook::event::DownloadEventKind;
 use base64::Engine as _;
 
@@ -69,22 +70,6 @@ pub fn dm_router(state: Arc<DmsState>) -> Router {
         .with_state(state)
 }
 
-fn syncml_content_type(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let base = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    base == "application/vnd.syncml.dm+xml" || base == "application/vnd.syncml+xml"
-}
-
 async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
     let peer = guard::client_ip(&req);
     let (parts, body) = req.into_parts();
@@ -94,14 +79,18 @@ async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
             .find_map(|kv| kv.strip_prefix("s="))
             .map(String::from)
     });
-    let headers = parts.headers;
-    if !syncml_content_type(&headers) {
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::from_content_type);
+    let Some(encoding) = encoding else {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send application/vnd.syncml.dm+xml\n",
+            "send application/vnd.syncml.dm+xml or application/vnd.syncml.dm+wbxml\n",
         )
             .into_response();
-    }
+    };
     let bytes = match axum::body::to_bytes(body, state.max_message_bytes).await {
         Ok(b) => b,
         Err(_) => {
@@ -115,12 +104,12 @@ async fn dm(State(state): State<Arc<DmsState>>, req: Request) -> Response {
     tracing::debug!(target: "scomo_ads::dm_messages", peer = ?peer, message = %for_log(&bytes), "SyncML from a device");
     match state
         .engine
-        .handle(&bytes, peer, session_key.as_deref())
+        .handle(&bytes, encoding, peer, session_key.as_deref())
         .await
     {
-        Ok(xml) => {
-            tracing::debug!(target: "scomo_ads::dm_messages", peer = ?peer, message = %for_log(xml.as_bytes()), "SyncML to the device");
-            ([(header::CONTENT_TYPE, crate::syncml::CONTENT_TYPE)], xml).into_response()
+        Ok(reply) => {
+            tracing::debug!(target: "scomo_ads::dm_messages", peer = ?peer, message = %for_log(&reply), "SyncML to the device");
+            ([(header::CONTENT_TYPE, encoding.content_type())], reply).into_response()
         }
         Err(EngineError::Backoff(wait)) => guard::too_many(
             wait,

@@ -60,16 +60,18 @@ pub enum CodecError {
     Rule(&'static str),
 }
 
-/// A parsed element: local name, text (unescaped, CDATA included) and children.
+/// A parsed element: local name, text (unescaped, CDATA included) and children. The XML
+/// decoder and the WBXML decoder ([`super::wbxml`]) both build it; one mapping turns it into
+/// the typed model.
 #[derive(Debug, Default)]
-struct El {
-    name: String,
-    text: String,
-    children: Vec<El>,
+pub(super) struct El {
+    pub(super) name: String,
+    pub(super) text: String,
+    pub(super) children: Vec<El>,
 }
 
 impl El {
-    fn child(&self, name: &str) -> Option<&El> {
+    pub(super) fn child(&self, name: &str) -> Option<&El> {
         self.children.iter().find(|c| c.name == name)
     }
 
@@ -162,6 +164,11 @@ fn standard_doctype(content: &[u8]) -> bool {
         && kind.as_deref() == Some("PUBLIC")
         && public_id.starts_with("-//SYNCML//DTD SyncML ")
         && rest.trim().is_empty()
+}
+
+/// The element tree of an XML message (the WBXML encoder starts from our own XML).
+pub(super) fn xml_tree(bytes: &[u8], limits: &Limits) -> Result<El, CodecError> {
+    parse_tree(bytes, limits, DocTypes::Standard)
 }
 
 fn parse_tree(bytes: &[u8], limits: &Limits, doctypes: DocTypes) -> Result<El, CodecError> {
@@ -403,7 +410,11 @@ fn command(el: &El) -> Result<Command, CodecError> {
 /// Decodes only the header: when the body is malformed, a server still needs the session to
 /// answer with a SyncML status instead of dropping the message.
 pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, CodecError> {
-    let root = parse_tree(bytes, limits, DocTypes::Skip)?;
+    header_from_tree(&parse_tree(bytes, limits, DocTypes::Skip)?)
+}
+
+/// The header of a decoded element tree.
+pub(super) fn header_from_tree(root: &El) -> Result<Header, CodecError> {
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }
@@ -415,7 +426,11 @@ pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, CodecError
 
 /// Decodes a message under `limits`.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, CodecError> {
-    let root = parse_tree(bytes, limits, DocTypes::Standard)?;
+    message_from_tree(&parse_tree(bytes, limits, DocTypes::Standard)?)
+}
+
+/// The message of a decoded element tree, checked against the structural rules.
+pub(super) fn message_from_tree(root: &El) -> Result<Message, CodecError> {
     if root.name != "SyncML" {
         return Err(CodecError::NotSyncMl(root.name.chars().take(40).collect()));
     }

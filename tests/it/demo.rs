@@ -23,13 +23,18 @@ fn demo_runs_every_flow_and_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     for flow in scomo_ads::demo::FLOWS {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(flow))
-            .unwrap_or_else(|| panic!("no row for {flow}:\n{stdout}"));
-        assert!(line.contains(" pass "), "{line}");
+        for encoding in ["xml", "wbxml"] {
+            let line = stdout
+                .lines()
+                .find(|l| {
+                    l.strip_prefix(flow)
+                        .is_some_and(|rest| rest.trim_start().starts_with(encoding))
+                })
+                .unwrap_or_else(|| panic!("no row for {flow} in {encoding}:\n{stdout}"));
+            assert!(line.contains(" pass "), "{line}");
+        }
     }
-    assert!(stdout.contains("all 20 flows passed"), "{stdout}");
+    assert!(stdout.contains("all 40 flows passed"), "{stdout}");
     // The table is what a newcomer sees: the logs went to a file, whose path is printed.
     let log = dir.path().join("demo.log");
     assert!(

@@ -25,3 +25,4 @@ mod real_clients;
 mod syncml_codec;
 mod tickets;
 mod tidy;
+mod wbxml;

@@ -548,5 +548,13 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode(&bytes, &Limits::default());
+        let _ = scomo_ads::syncml::wbxml::decode(&bytes, &Limits::default());
+    }
+
+    /// WBXML carries exactly what XML does.
+    #[test]
+    fn wbxml_encode_then_decode_is_identity(m in message()) {
+        let w = scomo_ads::syncml::wbxml::encode(&m);
+        prop_assert_eq!(scomo_ads::syncml::wbxml::decode(&w, &Limits::default()), Ok(m));
     }
 }

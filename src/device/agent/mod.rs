@@ -1,8 +1,8 @@
 //! The DM client: the agent's settings, state and entry points (sessions it opens, requests it
 //! makes). Its parts:
-//! - [`session`]: one DM session with the DMS and the commands it answers from its tree;
-//! - [`operations`]: the SCOMO operations the server Exec'd, performed after the session;
-//! - [`notifications`]: package 0, verified, and the listener that receives it.
+//! - `session`: one DM session with the DMS and the commands it answers from its tree;
+//! - `operations`: the SCOMO operations the server Exec'd, performed after the session;
+//! - `notifications`: package 0, verified, and the listener that receives it.
 //!
 //! Sessions are serialized per agent (one at a time, as on a real device). Operations Exec'd by
 //! the server are answered 202 and performed after the session; their results are reported in a
@@ -85,6 +85,8 @@ pub struct DeviceConfig {
     pub max_obj_size: u64,
     pub faults: Faults,
     pub strict: Strict,
+    /// How our messages are encoded (the server answers in the same).
+    pub encoding: crate::syncml::Encoding,
 }
 
 /// Agent failures.
@@ -133,6 +135,8 @@ pub struct Agent {
     session_lock: Mutex<()>,
     /// Download cuts still to inject.
     cuts_left: Arc<std::sync::atomic::AtomicU32>,
+    /// SyncML bytes sent and received over all sessions (bodies, both ways).
+    dm_bytes: std::sync::atomic::AtomicU64,
 }
 
 const INITIAL_NONCE: &str = "AAAAAA==";
@@ -181,7 +185,13 @@ impl Agent {
             http,
             state: Mutex::new(state),
             session_lock: Mutex::new(()),
+            dm_bytes: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// SyncML bytes this agent sent and received so far (message bodies, both ways).
+    pub fn dm_bytes(&self) -> u64 {
+        self.dm_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of the device's current tree (for tests and status output).

@@ -8,10 +8,11 @@ use super::{objects_dir, Agent, DeviceError, Trigger};
 use crate::device::state::{DeviceState, PendingReport};
 use crate::scomo;
 use crate::syncml::auth;
-use crate::syncml::codec::{self, Limits};
+use crate::syncml::codec::Limits;
 use crate::syncml::codes::{AlertCode, StatusCode};
 use crate::syncml::large_object::{Progress, Reassembly};
 use crate::syncml::message::*;
+use crate::syncml::Encoding;
 
 /// SyncML 1.2's public DOCTYPE, as strict clients start their messages.
 const DOCTYPE: &str = "<!DOCTYPE SyncML PUBLIC \"-//SYNCML//DTD SyncML 1.2//EN\" \"http://www.openmobilealliance.org/tech/DTD/OMA-TS-DM_SyncML-V1_2.dtd\">\n";
@@ -72,18 +73,19 @@ impl Agent {
     }
 
     async fn post(&self, url: &str, m: &Message) -> Result<Message, DeviceError> {
-        let mut body = codec::encode(m);
-        if self.cfg.strict.doctype {
+        let encoding = self.cfg.encoding;
+        let mut body = encoding.encode(m);
+        if self.cfg.strict.doctype && encoding == Encoding::Xml {
             // After the XML declaration, before the root element.
-            let at = body.find("<SyncML").unwrap_or(0);
-            body.insert_str(at, DOCTYPE);
+            let at = body.windows(7).position(|w| w == b"<SyncML").unwrap_or(0);
+            body.splice(at..at, DOCTYPE.bytes());
         }
         let mut attempts = 0;
         let resp = loop {
             let resp = self
                 .http
                 .post(url)
-                .header("content-type", crate::syncml::CONTENT_TYPE)
+                .header("content-type", encoding.content_type())
                 .body(body.clone())
                 .send()
                 .await?;
@@ -106,8 +108,19 @@ impl Agent {
         if !resp.status().is_success() {
             return Err(DeviceError::HttpStatus(resp.status().as_u16()));
         }
+        // The server answers in our encoding; a content type saying otherwise is believed.
+        let answered = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Encoding::from_content_type)
+            .unwrap_or(encoding);
         let bytes = resp.bytes().await?;
-        Ok(codec::decode(
+        self.dm_bytes.fetch_add(
+            (body.len() + bytes.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(answered.decode(
             &bytes,
             &Limits {
                 max_bytes: (self.cfg.max_msg_size as usize).max(64 * 1024) * 4,

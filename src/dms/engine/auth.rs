@@ -159,7 +159,7 @@ impl Engine {
         s: &mut Session,
         statuses: Vec<Status>,
         refusal: &Status,
-    ) -> Result<(String, bool), EngineError> {
+    ) -> Result<(Vec<u8>, bool), EngineError> {
         if let Some(c) = &refusal.chal {
             if let Some(scheme) = AuthScheme::from_meta_type(c.type_.as_deref()) {
                 s.server_auth.scheme = Some(scheme);

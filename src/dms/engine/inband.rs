@@ -10,6 +10,7 @@ use crate::dms::store::DmsStoreError;
 use crate::scomo;
 use crate::syncml::large_object::{self, Chunk};
 use crate::syncml::message::*;
+use crate::syncml::Encoding;
 
 /// A large object on its way to the device, kept in the session.
 #[derive(Debug)]
@@ -69,7 +70,12 @@ impl Engine {
             .map_err(|source| DmsStoreError::Io { path, source })?;
         // Leave room for the header, statuses and item markup around the chunk.
         let budget = (s.max_msg as usize).saturating_sub(2048).max(1024);
-        let chunks = large_object::split_b64(&bytes, large_object::raw_per_chunk(budget));
+        // In XML a chunk travels as base64 (4/3 of its bytes); in WBXML as raw OPAQUE bytes.
+        let raw_per_chunk = match s.encoding {
+            Encoding::Xml => large_object::raw_per_chunk(budget),
+            Encoding::Wbxml => budget,
+        };
+        let chunks = large_object::split_b64(&bytes, raw_per_chunk);
         job.record(
             Step::Delivery,
             Some(format!(

@@ -3,16 +3,16 @@
 //! time.
 //!
 //! The parts, in the order a message meets them:
-//! - [`session`]: a message's way in: decode, find or start the session, authenticate,
+//! - `session`: a message's way in: decode, find or start the session, authenticate,
 //!   answer every command, compose the reply.
-//! - [`auth`]: credentials both ways, challenges, and what may continue a session.
-//! - [`answers`]: what the device's Statuses, Results and Alerts mean for its jobs.
-//! - [`reads`]: DevDetail and inventory reads, with `?list=` or node by node.
-//! - [`stages`]: the job stage machine ([`Stage`](super::job::Stage)), one method per stage,
+//! - `auth`: credentials both ways, challenges, and what may continue a session.
+//! - `answers`: what the device's Statuses, Results and Alerts mean for its jobs.
+//! - `reads`: DevDetail and inventory reads, with `?list=` or node by node.
+//! - `stages`: the job stage machine ([`Stage`]), one method per stage,
 //!   emitting the next commands for the device.
-//! - [`writes`]: nodes added on the device (`Add`, `Replace` on 418) before the Exec that
+//! - `writes`: nodes added on the device (`Add`, `Replace` on 418) before the Exec that
 //!   needs them.
-//! - [`inband`] and [`alternate`]: the two delivery mechanisms (a large object inside the
+//! - `inband` and `alternate`: the two delivery mechanisms (a large object inside the
 //!   session, flow 5.4.1; a one-time URL on an ADS node, flow 5.4.2, with its callbacks).
 //!
 //! A session is keyed by (device id, SessionID). Processing a message takes the session out of

@@ -12,10 +12,11 @@ use super::inband::InbandDelivery;
 use super::reads::{Read, Walk};
 use super::{Engine, EngineError};
 use crate::dms::job::{NodeWrite, Step};
-use crate::syncml::codec::{self, CodecError};
+use crate::syncml::codec::CodecError;
 use crate::syncml::codes::{AlertCode, StatusCode};
 use crate::syncml::message::*;
 use crate::syncml::tree::DevInfo;
+use crate::syncml::Encoding;
 
 /// A command we sent and whose answer decides something for a job.
 #[derive(Debug, Clone)]
@@ -71,6 +72,8 @@ pub(super) struct WriteBatch {
 /// One DM session with one device.
 #[derive(Debug)]
 pub(super) struct Session {
+    /// The encoding the device speaks (its first message's); every answer uses it.
+    pub(super) encoding: Encoding,
     pub(super) device: String,
     pub(super) session_id: String,
     pub(super) authenticated: bool,
@@ -114,8 +117,9 @@ pub(super) struct Session {
 const MAX_REPEATS: u32 = 3;
 
 impl Session {
-    pub(super) fn new(msg: &Message, peer: Option<IpAddr>) -> Self {
+    pub(super) fn new(msg: &Message, peer: Option<IpAddr>, encoding: Encoding) -> Self {
         Session {
+            encoding,
             device: msg.header.source.uri.clone(),
             session_id: msg.header.session_id.clone(),
             authenticated: false,
@@ -221,7 +225,13 @@ impl Engine {
     }
 
     /// A one-status answer that leaves the session as it was.
-    fn error_reply(&self, in_hdr: &Header, code: StatusCode, why: &str) -> String {
+    fn error_reply(
+        &self,
+        in_hdr: &Header,
+        code: StatusCode,
+        why: &str,
+        encoding: Encoding,
+    ) -> Vec<u8> {
         let mut st = hdr_status(in_hdr, code, None);
         st.items = vec![Item::default().with_data(why)];
         let m = Message {
@@ -229,23 +239,26 @@ impl Engine {
             commands: vec![Command::Status(st)],
             final_: true,
         };
-        codec::encode(&m)
+        encoding.encode(&m)
     }
 
     /// Handles one message from a device at `peer`; returns the XML answer.
-    /// `session_key` is the `s` of the RespURI the message was posted to, if any.
+    /// `session_key` is the `s` of the RespURI the message was posted to, if any. The answer
+    /// is in the message's `encoding`.
     pub async fn handle(
         &self,
         body: &[u8],
+        encoding: Encoding,
         peer: Option<IpAddr>,
         session_key: Option<&str>,
-    ) -> Result<String, EngineError> {
-        let msg = match codec::decode(body, &self.cfg.limits) {
+    ) -> Result<Vec<u8>, EngineError> {
+        let msg = match encoding.decode(body, &self.cfg.limits) {
             Ok(m) => m,
             Err(e) => {
                 // The body is bad but perhaps the header is not: answer in SyncML, session
                 // untouched, so the device can send a good message next.
-                let hdr = codec::decode_header(body, &self.cfg.limits)
+                let hdr = encoding
+                    .decode_header(body, &self.cfg.limits)
                     .map_err(|_| EngineError::Undecodable(e.clone()))?;
                 let code = match e {
                     CodecError::TooLarge { .. } => StatusCode::RequestEntityTooLarge,
@@ -253,7 +266,7 @@ impl Engine {
                     _ => StatusCode::BadRequest,
                 };
                 tracing::info!(device = %hdr.source.uri, error = %e, "malformed SyncML message");
-                return Ok(self.error_reply(&hdr, code, &e.to_string()));
+                return Ok(self.error_reply(&hdr, code, &e.to_string(), encoding));
             }
         };
         let device = msg.header.source.uri.clone();
@@ -274,15 +287,16 @@ impl Engine {
                 if old.authenticated {
                     abandoned = Some(old);
                 }
-                Session::new(&msg, peer)
+                Session::new(&msg, peer, encoding)
             }
             Some(s) => s,
-            None if msg.header.msg_id == 1 => Session::new(&msg, peer),
+            None if msg.header.msg_id == 1 => Session::new(&msg, peer, encoding),
             None => {
                 return Ok(self.error_reply(
                     &msg.header,
                     StatusCode::BadRequest,
                     "unknown or expired session; start a new one with MsgID 1",
+                    encoding,
                 ))
             }
         };
@@ -291,7 +305,7 @@ impl Engine {
                 "MsgID {} out of order (expected {})",
                 msg.header.msg_id, s.next_in
             );
-            let reply = self.error_reply(&msg.header, StatusCode::BadRequest, &why);
+            let reply = self.error_reply(&msg.header, StatusCode::BadRequest, &why, encoding);
             self.sessions().insert(key, s);
             return Ok(reply);
         }
@@ -306,6 +320,7 @@ impl Engine {
                 &msg.header,
                 StatusCode::InvalidCredentials,
                 "continue the session at its RespURI, or send credentials",
+                encoding,
             ));
         }
         s.next_in += 1;
@@ -332,7 +347,11 @@ impl Engine {
     }
 
     /// Processes a message; returns the answer and whether the session continues.
-    async fn process(&self, s: &mut Session, msg: &Message) -> Result<(String, bool), EngineError> {
+    async fn process(
+        &self,
+        s: &mut Session,
+        msg: &Message,
+    ) -> Result<(Vec<u8>, bool), EngineError> {
         let mut statuses: Vec<Status> = Vec::new();
         if s.authenticated {
             statuses.push(hdr_status(&msg.header, StatusCode::Ok, None));
@@ -493,7 +512,7 @@ impl Engine {
         statuses: Vec<Status>,
         commands: Vec<Command>,
         final_: bool,
-    ) -> String {
+    ) -> Vec<u8> {
         let msg_id = s.next_out;
         s.next_out += 1;
         let mut out: Vec<Command> = statuses
@@ -522,6 +541,6 @@ impl Engine {
             commands: out,
             final_,
         };
-        codec::encode(&m)
+        s.encoding.encode(&m)
     }
 }

@@ -378,7 +378,7 @@ mod tests {
             },
             ..Message::default()
         };
-        let mut s = Session::new(&msg, None);
+        let mut s = Session::new(&msg, None, crate::syncml::Encoding::Xml);
         s.max_msg = max_msg;
         s.devinfo_seen = true;
         s

@@ -632,6 +632,7 @@ pub fn device_config(
         max_obj_size: 4 << 20,
         faults,
         strict: Default::default(),
+        encoding: Default::default(),
     }
 }
 
