@@ -8,8 +8,8 @@
 //!   content-addressed object files; `ads::content` streamed, hash-verified ingest;
 //!   `ads::token` the self-authenticating URL token; `ads::tickets` minting and lookup;
 //!   `ads::cache` the moka chunk cache.
-//! - [`syncml`]: SyncML DM 1.2 wire vocabulary (messages, XML codec, auth, package 0, large
-//!   objects, DM tree); pure, no I/O.
+//! - [`syncml`]: SyncML DM 1.2 wire vocabulary (messages, XML and WBXML codecs, auth, package
+//!   0, large objects, DM tree); pure, no I/O.
 //! - [`scomo`]: the SCOMO 1.0 model (paths, operations, states, result codes); pure.
 //! - [`device`]: the device agent: DM client, SCOMO tree, simulated operations, package 0 listener.
 //! - [`dms`]: the minimal OMA DM server: session engine, jobs, catalog, EMI API, package 0.
@@ -20,6 +20,7 @@
 //! - [`stack`]: ADS + DMS wired together in one process (`up`, `demo`).
 //! - [`demo`]: every flow on loopback, checked against the seed steps, as a table.
 //! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
+//! - [`sqlite`]: the one way SQLite is opened (WAL, busy timeout, durability by name).
 //! - [`webhook`]: Standard Webhooks signing, the durable outbox and the retrying dispatcher,
 //!   shared by the ADS callbacks and the DMS webhooks.
 //! - [`datadir`]: one process per data directory (an exclusive lock).
@@ -38,6 +39,7 @@ pub mod dms;
 pub mod net;
 pub mod scomo;
 pub mod secrets;
+pub mod sqlite;
 pub mod stack;
 pub mod syncml;
 pub mod webhook;

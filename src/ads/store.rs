@@ -130,11 +130,11 @@ impl Store {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let conn = Connection::open(data_dir.join("ads.sqlite3"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A published component was acknowledged to the operator: its row survives power loss.
+        let conn = crate::sqlite::open(
+            &data_dir.join("ads.sqlite3"),
+            crate::sqlite::Durability::Power,
+        )?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             db: Arc::new(Mutex::new(conn)),

@@ -137,10 +137,7 @@ impl DmsStore {
             source,
         })?;
         let db_path = dir.join("dms.sqlite3");
-        let conn = Connection::open(&db_path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let conn = crate::sqlite::open(&db_path, crate::sqlite::Durability::Process)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(outbox::SCHEMA)?;
         Ok(Self {

@@ -88,10 +88,7 @@ pub struct Outbox {
 impl Outbox {
     /// Opens the outbox in the SQLite database at `path` (creating the table if needed).
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let conn = crate::sqlite::open(path, crate::sqlite::Durability::Process)?;
         conn.execute_batch(SCHEMA)?;
         // One dispatcher per database: whatever was claimed when the last one stopped was
         // interrupted mid-attempt and is due again now (not after its lease).

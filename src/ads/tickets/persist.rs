@@ -130,12 +130,8 @@ impl Writer {
     /// Opens the ticket tables in `db`, turns leftover intents into tentative coverage, and
     /// starts the writer thread. `wake` is notified after commits that enqueued events.
     pub fn start(db: &Path, wake: Arc<Notify>) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL mode: a commit survives the process being killed (it is in the OS's
-        // page cache); only a power loss can drop the last few, and never corrupts.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // A commit survives the process being killed; group commits stay cheap.
+        let mut conn = crate::sqlite::open(db, crate::sqlite::Durability::Process)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(outbox::SCHEMA)?;
         recover_intents(&mut conn)?;
