@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::ads::cache::CacheStats;
-use crate::net::listener::ConnectionGauge;
+use crate::net::gauge::ConnectionGauge;
 
 /// Statuses counted individually on the download plane; anything else lands in "other".
 const STATUSES: [u16; 12] = [200, 206, 304, 400, 403, 404, 405, 410, 416, 429, 500, 503];

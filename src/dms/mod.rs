@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DmsConfig;
-use crate::net::listener::{self, ConnectionGauge, ConnectionPolicy};
+use crate::net::gauge::ConnectionGauge;
+use crate::net::listener::{self, ConnectionPolicy};
 use crate::net::tls;
 use crate::secrets;
 use crate::webhook;

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::ConnectionGauge;
+use super::gauge::ConnectionGauge;
 use super::parking::{Activity, TlsConn, PARK_AFTER};
 
 /// Serves an HTTP/2 connection until it ends: once no request has started (and none has been

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::gauge::ConnectionGauge;
 use super::h2_idle::{serve_until_idle, ReleasingIo};
 use super::parking::{self, Activity, Tracked};
 use super::proxy_header;
@@ -62,25 +63,6 @@ pub struct ConnectionPolicy {
     /// Keep a [`Wire`] per connection, so that responses can tell what the peer has
     /// acknowledged (the download plane: "delivered" means the device has the bytes).
     pub track_delivery: bool,
-}
-
-/// Open-connection gauge shared with the metrics endpoint.
-#[derive(Default, Debug)]
-pub struct ConnectionGauge {
-    pub open: AtomicU64,
-    pub accepted: AtomicU64,
-    /// Connections closed on arrival because their client IP already held its share.
-    pub refused_per_ip: AtomicU64,
-    /// Open connections parked between requests (see [`parking`]).
-    pub parked: AtomicU64,
-    /// Open HTTP/2 connections quiet between requests, their TLS buffers freed (see
-    /// [`super::h2_idle`]).
-    pub quiet_h2: AtomicU64,
-    /// Rung when the listener's connection cap is nearly full: idle connections that have
-    /// waited longer than the head timeout close, to make room (load shedding).
-    pub shed: tokio::sync::Notify,
-    /// Idle connections closed that way.
-    pub shed_total: AtomicU64,
 }
 
 /// Below this share of free slots (1/10) the listener sheds its long-idle connections.

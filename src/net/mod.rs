@@ -2,9 +2,12 @@
 //! connection caps and timeouts, the progress-based I/O timeout wrapper, what quiet HTTP/1.1
 //! (`parking`) and HTTP/2 (`h2_idle`) connections keep, and the per-client request-rate and
 //! failed-auth limits of command endpoints, and (`wire`) what a download connection's peer has
-//! acknowledged.
+//! acknowledged. Arrows point one way: `listener` uses `h2_idle` and `parking`, which use
+//! `gauge`, `timed_io`, `tls_stream` and `wire`; none imports the accept loop (checked by
+//! `tests/it/tidy.rs`).
 
 pub mod early_response;
+pub mod gauge;
 pub mod guard;
 pub mod h2_idle;
 pub mod listener;

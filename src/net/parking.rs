@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::listener::ConnectionGauge;
+use super::gauge::ConnectionGauge;
 use super::timed_io::TimedIo;
 use super::tls_stream::TlsStream;
 

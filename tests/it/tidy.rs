@@ -60,3 +60,76 @@ fn pure_modules_do_no_io() {
         }
     }
 }
+
+/// The modules of `dir` that each module there imports (`super::x` or `crate::<prefix>::x`).
+fn sibling_imports(dir: &Path, prefix: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut graph = std::collections::BTreeMap::new();
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let stem = p.file_stem()?.to_str()?.to_string();
+            (p.extension()? == "rs" && stem != "mod").then_some(stem)
+        })
+        .collect();
+    for n in &names {
+        let text = std::fs::read_to_string(dir.join(format!("{n}.rs"))).unwrap();
+        // Tests may use anything; the module's own code is what the rule is about.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let uses: Vec<String> = names
+            .iter()
+            .filter(|m| *m != n)
+            .filter(|m| {
+                code.contains(&format!("super::{m}::"))
+                    || code.contains(&format!("super::{m};"))
+                    || code.contains(&format!("super::{m}::{{"))
+                    || code.contains(&format!("{prefix}::{m}::"))
+            })
+            .cloned()
+            .collect();
+        graph.insert(n.clone(), uses);
+    }
+    graph
+}
+
+/// `net/`'s modules import each other one way only: no circle (issue 15), so each can be read,
+/// and tested, with only what is below it.
+#[test]
+fn net_modules_import_one_way() {
+    let graph = sibling_imports(&src().join("net"), "crate::net");
+    assert!(graph.len() > 8, "{graph:?}");
+    // Depth-first search for a back edge.
+    fn visit<'a>(
+        n: &'a str,
+        graph: &'a std::collections::BTreeMap<String, Vec<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) {
+        if done.contains(n) {
+            return;
+        }
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            panic!(
+                "net/ modules import each other in a circle: {:?}",
+                &path[i..]
+            );
+        }
+        path.push(n);
+        for m in &graph[n] {
+            visit(m, graph, path, done);
+        }
+        path.pop();
+        done.insert(n);
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for n in graph.keys() {
+        visit(n, &graph, &mut Vec::new(), &mut done);
+    }
+    // The accept loop is on top: nothing below imports it.
+    for (n, uses) in &graph {
+        assert!(
+            !uses.contains(&"listener".to_string()),
+            "{n} imports the listener above it"
+        );
+    }
+}
