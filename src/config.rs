@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::{DmsArgs, ServeArgs};
+
 pub use crate::net::guard::EndpointLimits;
 
 /// A config error with the file it came from.
@@ -408,6 +410,98 @@ impl AdsConfig {
     }
 }
 
+impl AdsConfig {
+    /// The node's configuration for `serve` / `up`: the file named by `--config` over the
+    /// defaults, then the flags (which clap already merged with their environment
+    /// variables), then the secrets from the environment.
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let mut c = Config::load(args.config.as_deref())?.ads;
+        c.merge_flags(args);
+        c.read_env_secrets();
+        Ok(c)
+    }
+
+    /// Flags given override the file; flags not given leave it alone.
+    pub fn merge_flags(&mut self, args: ServeArgs) {
+        let c = self;
+        if let Some(v) = args.data {
+            c.data_dir = v;
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if let Some(v) = args.admin_listen {
+            c.admin_listen = v;
+        }
+        if args.http_listen.is_some() {
+            c.http_listen = args.http_listen;
+        }
+        if args.public_url.is_some() {
+            c.public_url = args.public_url;
+        }
+        if args.tls_cert.is_some() {
+            c.tls_cert = args.tls_cert;
+        }
+        if args.tls_key.is_some() {
+            c.tls_key = args.tls_key;
+        }
+        if let Some(mb) = args.cache_mb {
+            c.cache_bytes = mb << 20;
+        }
+        if args.access_log {
+            c.access_log = true;
+        }
+    }
+
+    /// `SCOMO_ADS_ADMIN_TOKEN` and `SCOMO_ADS_CALLBACK_SECRET` (never from files or flags).
+    pub fn read_env_secrets(&mut self) {
+        self.admin_token = std::env::var("SCOMO_ADS_ADMIN_TOKEN").ok().map(Secret);
+        self.callback_secret = std::env::var("SCOMO_ADS_CALLBACK_SECRET").ok().map(Secret);
+    }
+}
+
+impl DmsConfig {
+    /// The DMS's configuration for `dms`: file, flags, then secrets from the environment.
+    pub fn from_args(args: DmsArgs) -> Result<Self, ConfigError> {
+        let mut c = Config::load(args.config.as_deref())?.dms;
+        c.merge_flags(args);
+        c.read_env_secrets();
+        Ok(c)
+    }
+
+    /// Flags given override the file; flags not given leave it alone.
+    pub fn merge_flags(&mut self, args: DmsArgs) {
+        let c = self;
+        if let Some(v) = args.data {
+            c.data_dir = v;
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if args.http_listen.is_some() {
+            c.http_listen = args.http_listen;
+        }
+        if let Some(v) = args.api_listen {
+            c.api_listen = v;
+        }
+        if args.public_url.is_some() {
+            c.public_url = args.public_url;
+        }
+        if args.emi_webhook_url.is_some() {
+            c.emi_webhook_url = args.emi_webhook_url;
+        }
+        if args.allow_basic_auth {
+            c.allow_basic_auth = true;
+        }
+    }
+
+    /// `SCOMO_DMS_API_TOKEN` and `SCOMO_DMS_EMI_SECRET` (never from files or flags).
+    pub fn read_env_secrets(&mut self) {
+        self.api_token = std::env::var("SCOMO_DMS_API_TOKEN").ok().map(Secret);
+        self.emi_secret = std::env::var("SCOMO_DMS_EMI_SECRET").ok().map(Secret);
+    }
+}
+
 impl Config {
     /// Reads `path` (TOML) over the defaults; no file means defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -428,6 +522,49 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// Flags given win over the file; flags left out keep the file's values.
+    #[test]
+    fn flags_override_the_file_and_only_the_flags_given() {
+        let cli = |argv: &[&str]| crate::cli::Cli::try_parse_from(argv).unwrap().command;
+        let mut ads: AdsConfig =
+            toml::from_str::<Config>("[ads]\nlisten = \"127.0.0.1:1\"\ncache_bytes = 7\n")
+                .unwrap()
+                .ads;
+        let crate::cli::Command::Serve(args) = cli(&[
+            "scomo-ads",
+            "serve",
+            "--admin-listen",
+            "127.0.0.1:2",
+            "--cache-mb",
+            "3",
+        ]) else {
+            panic!("serve")
+        };
+        ads.merge_flags(args);
+        assert_eq!(
+            ads.listen,
+            "127.0.0.1:1".parse().unwrap(),
+            "kept from the file"
+        );
+        assert_eq!(ads.admin_listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(ads.cache_bytes, 3 << 20);
+        let mut dms = DmsConfig::default();
+        let crate::cli::Command::Dms(args) = cli(&[
+            "scomo-ads",
+            "dms",
+            "--public-url",
+            "https://dms.example/dm",
+            "--allow-basic-auth",
+        ]) else {
+            panic!("dms")
+        };
+        dms.merge_flags(args);
+        assert_eq!(dms.public_url.as_deref(), Some("https://dms.example/dm"));
+        assert!(dms.allow_basic_auth);
+        assert_eq!(dms.listen, DmsConfig::default().listen);
+    }
 
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use scomo_ads::cli::{Cli, Command, DemoArgs, DeviceArgs, DmsArgs, ServeArgs};
 use scomo_ads::client::{AdminClient, AdminTarget};
-use scomo_ads::config::{AdsConfig, Config, DmsConfig, Secret};
+use scomo_ads::config::{AdsConfig, Config, DmsConfig};
 
 /// `println!` that never panics: a closed stdout (`scomo-ads serve | head -1`) must not take
 /// the node down, nor stop it from shutting down on SIGTERM. What cannot be written is dropped.
@@ -194,42 +194,8 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn ads_config(args: ServeArgs) -> anyhow::Result<AdsConfig> {
-    let mut c = Config::load(args.config.as_deref())?.ads;
-    if let Some(v) = args.data {
-        c.data_dir = v;
-    }
-    if let Some(v) = args.listen {
-        c.listen = v;
-    }
-    if let Some(v) = args.admin_listen {
-        c.admin_listen = v;
-    }
-    if args.http_listen.is_some() {
-        c.http_listen = args.http_listen;
-    }
-    if args.public_url.is_some() {
-        c.public_url = args.public_url;
-    }
-    if args.tls_cert.is_some() {
-        c.tls_cert = args.tls_cert;
-    }
-    if args.tls_key.is_some() {
-        c.tls_key = args.tls_key;
-    }
-    if let Some(mb) = args.cache_mb {
-        c.cache_bytes = mb << 20;
-    }
-    if args.access_log {
-        c.access_log = true;
-    }
-    c.admin_token = env_token().map(Secret);
-    c.callback_secret = std::env::var("SCOMO_ADS_CALLBACK_SECRET").ok().map(Secret);
-    Ok(c)
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = ads_config(args)?;
+    let config = AdsConfig::from_args(args)?;
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
     let node = scomo_ads::ads::start(config, shutdown)
         .await
@@ -260,38 +226,6 @@ fn print_ads(node: &scomo_ads::ads::AdsHandle) {
     }
 }
 
-fn dms_config(args: DmsArgs) -> anyhow::Result<DmsConfig> {
-    let mut c = Config::load(args.config.as_deref())?.dms;
-    if let Some(v) = args.data {
-        c.data_dir = v;
-    }
-    if let Some(v) = args.listen {
-        c.listen = v;
-    }
-    if args.http_listen.is_some() {
-        c.http_listen = args.http_listen;
-    }
-    if let Some(v) = args.api_listen {
-        c.api_listen = v;
-    }
-    if args.public_url.is_some() {
-        c.public_url = args.public_url;
-    }
-    if args.emi_webhook_url.is_some() {
-        c.emi_webhook_url = args.emi_webhook_url;
-    }
-    if args.allow_basic_auth {
-        c.allow_basic_auth = true;
-    }
-    dms_secrets_from_env(&mut c);
-    Ok(c)
-}
-
-fn dms_secrets_from_env(c: &mut DmsConfig) {
-    c.api_token = std::env::var("SCOMO_DMS_API_TOKEN").ok().map(Secret);
-    c.emi_secret = std::env::var("SCOMO_DMS_EMI_SECRET").ok().map(Secret);
-}
-
 fn print_dms(h: &scomo_ads::dms::DmsHandle) {
     say!("DMS devices   {}", h.dm_url);
     say!("DMS EMI API   {}", h.api_url);
@@ -308,7 +242,7 @@ fn print_dms(h: &scomo_ads::dms::DmsHandle) {
 }
 
 async fn dms(args: DmsArgs) -> anyhow::Result<()> {
-    let config = dms_config(args)?;
+    let config = DmsConfig::from_args(args)?;
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
     let h = scomo_ads::dms::start(config, shutdown)
         .await
@@ -444,8 +378,8 @@ async fn up(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("./data"));
     let mut dmsc = Config::load(args.config.as_deref())?.dms;
-    dms_secrets_from_env(&mut dmsc);
-    let ads = ads_config(args)?;
+    dmsc.read_env_secrets();
+    let ads = AdsConfig::from_args(args)?;
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
     let (node, dms) = scomo_ads::stack::start(&root, ads, dmsc, shutdown)
         .await
