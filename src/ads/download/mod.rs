@@ -1,12 +1,14 @@
 //! The download plane: `GET|HEAD /d/{token}[/{filename}]`.
 //!
-//! One short handler composing pure stages in order: method → token (no storage) → ticket
-//! (cache, then SQLite) → `If-None-Match` → `If-Range` + `Range` → response with a streamed
-//! [`DownloadBody`]. Each stage's refusal maps to one status here and nowhere else.
+//! One short handler composing stages in order: method → token (no storage) → ticket
+//! (cache, then SQLite) → [`plan`] (pure: `If-None-Match`, `If-Range` + `Range` into a
+//! [`Plan`]: 304, 416, HEAD or the bytes to send) → admission on the ticket → response with a
+//! streamed [`DownloadBody`]. Each stage's refusal maps to one status here and nowhere else.
 
 pub mod body;
 pub mod conditional;
 pub mod delivery;
+pub mod plan;
 pub mod range;
 
 use std::convert::Infallible;
@@ -19,11 +21,11 @@ use http::{Method, Request, Response, StatusCode};
 
 use self::body::{DownloadBody, Segment};
 use self::delivery::Tracker;
+use self::plan::Plan;
 use self::range::{ByteRange, RangeDecision};
 use super::cache::ChunkCache;
 use super::metrics::Metrics;
 use super::object::ServedObject;
-use super::tickets::coverage::Coverage;
 use super::tickets::{Refusal, Tickets};
 use super::token::{Keyring, TokenError};
 use crate::net::wire::Wire;
@@ -144,47 +146,29 @@ impl DownloadPlane {
             }
         };
         let obj = &ticket.object;
-        let headers = req.headers();
-        let decision = if conditional::none_match_hits(
-            headers
-                .get(header::IF_NONE_MATCH)
-                .map(HeaderValue::as_bytes),
-            obj.etag.as_bytes(),
-        ) {
-            None
-        } else {
-            Some(match headers.get(header::RANGE) {
-                Some(range)
-                    if conditional::if_range_allows(
-                        headers.get(header::IF_RANGE).map(HeaderValue::as_bytes),
-                        obj.etag.as_bytes(),
-                        obj.last_modified,
-                    ) =>
-                {
-                    match range.to_str() {
-                        Ok(text) => range::decide(text, obj.size, self.max_ranges),
-                        Err(_) => RangeDecision::Full,
-                    }
+        let target = plan::Target {
+            size: obj.size,
+            etag: &obj.etag,
+            last_modified: obj.last_modified,
+        };
+        let (decision, planned) = match plan::plan(req.headers(), head, &target, self.max_ranges) {
+            Plan::Send { decision, ranges } => (decision, ranges),
+            // No body (304, 416, HEAD): the ticket must still be usable; nothing is counted.
+            no_body => {
+                if let Err(r) = self.tickets.check(&ticket, token_expired, now) {
+                    return refused(r);
                 }
-                _ => RangeDecision::Full,
-            })
-        };
-        let planned = match &decision {
-            Some(d) if !head => planned_ranges(d, obj.size),
-            _ => None,
-        };
-        let Some(planned) = planned else {
-            // No body: HEAD, 304, 416. The ticket must still be usable, but nothing is counted.
-            if let Err(r) = self.tickets.check(&ticket, token_expired, now) {
-                return refused(r);
+                return match no_body {
+                    Plan::NotModified => {
+                        let mut r = Response::new(DownloadBody::empty());
+                        *r.status_mut() = StatusCode::NOT_MODIFIED;
+                        r.headers_mut().insert(header::ETAG, obj.etag.clone());
+                        r
+                    }
+                    Plan::Head(decision) => self.build(obj, decision, true),
+                    _ => self.build(obj, RangeDecision::Unsatisfiable, true),
+                };
             }
-            let Some(decision) = decision else {
-                let mut r = Response::new(DownloadBody::empty());
-                *r.status_mut() = StatusCode::NOT_MODIFIED;
-                r.headers_mut().insert(header::ETAG, obj.etag.clone());
-                return r;
-            };
-            return self.build(obj, decision, true);
         };
         let guard = match self
             .tickets
@@ -193,7 +177,7 @@ impl DownloadPlane {
             Ok(g) => g,
             Err(r) => return refused(r),
         };
-        let mut resp = self.build(obj, decision.unwrap_or(RangeDecision::Full), false);
+        let mut resp = self.build(obj, decision, false);
         let tracker = if obj.size == 0 {
             // Nothing to send: an empty object is delivered by any successful GET.
             let mut guard = guard;
@@ -344,18 +328,6 @@ impl DownloadPlane {
         };
         (body, length, content_type)
     }
-}
-
-/// The object bytes a decision will send, or `None` when it sends no body (416).
-fn planned_ranges(d: &RangeDecision, size: u64) -> Option<Coverage> {
-    let mut c = Coverage::new();
-    match d {
-        RangeDecision::Full => c.insert(0, size),
-        RangeDecision::Single(r) => c.insert(r.start, r.end + 1),
-        RangeDecision::Multi(rs) => rs.iter().for_each(|r| c.insert(r.start, r.end + 1)),
-        RangeDecision::Unsatisfiable => return None,
-    }
-    Some(c)
 }
 
 fn refused(r: Refusal) -> Response<DownloadBody> {
