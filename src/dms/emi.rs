@@ -19,7 +19,7 @@ use super::catalog::Build;
 use super::engine::{AdsEvent, Engine, EngineError};
 use super::job::{Delivery, Job, JobOp, JobSource, Step};
 use super::notify;
-use super::store::{now_ms, Device, DmsStore};
+use super::store::{now_ms, Device, DeviceFilter, DmsStore, JobFilter, Listed, Page};
 use crate::ads::content::{self, IngestError};
 use crate::net::guard::{self, EndpointGuard};
 use crate::syncml::auth::AuthScheme;
@@ -149,9 +149,10 @@ fn for_log(bytes: &[u8]) -> String {
 /// The EMI router.
 pub fn api_router(state: Arc<DmsState>) -> Router {
     Router::new()
+        .route("/v1/devices", get(list_devices))
         .route("/v1/devices/{id}", put(put_device).get(get_device))
         .route("/v1/components", post(add_component).get(list_components))
-        .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs", post(create_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Authenticated by its Standard Webhooks signature, not the EMI token.
@@ -445,6 +446,114 @@ async fn add_component(
     }
 }
 
+/// Paging of the list endpoints: `limit` (1 to 500, default 50) and the `cursor` a previous
+/// page returned as `next_cursor`. (A `Response` error, like every handler here returns.)
+#[allow(clippy::result_large_err)]
+fn page(limit: Option<usize>, cursor: Option<String>) -> Result<Page, Response> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad_limit());
+    }
+    Ok(Page {
+        limit,
+        cursor: cursor.filter(|c| !c.is_empty()),
+    })
+}
+
+fn bad_limit() -> Response {
+    err(
+        StatusCode::BAD_REQUEST,
+        "bad_parameter",
+        "limit must be 1 to 500",
+    )
+}
+
+fn listed<T: serde::Serialize>(l: Listed<T>) -> Response {
+    Json(json!({"items": l.items, "next_cursor": l.next})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobQuery {
+    device: Option<String>,
+    state: Option<String>,
+    result_code: Option<u16>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/jobs`: newest first, filtered by device, state and SCOMO result code.
+async fn list_jobs(
+    State(state): State<Arc<DmsState>>,
+    q: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, "bad_parameter", e.body_text()),
+    };
+    if q.state
+        .as_deref()
+        .is_some_and(|s| !matches!(s, "queued" | "running" | "succeeded" | "failed"))
+    {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            "state must be queued, running, succeeded or failed",
+        );
+    }
+    let page = match page(q.limit, q.cursor) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let filter = JobFilter {
+        device: q.device,
+        state: q.state,
+        result_code: q.result_code,
+    };
+    match state.store.run(move |s| s.list_jobs(&filter, &page)).await {
+        Ok(l) => listed(l),
+        Err(e) => storage(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceQuery {
+    model: Option<String>,
+    firmware: Option<String>,
+    seen_since_ms: Option<u64>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/devices`: by id, filtered by model, firmware version and last session.
+async fn list_devices(
+    State(state): State<Arc<DmsState>>,
+    q: Result<Query<DeviceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, "bad_parameter", e.body_text()),
+    };
+    let page = match page(q.limit, q.cursor) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let filter = DeviceFilter {
+        model: q.model,
+        firmware: q.firmware,
+        seen_since_ms: q.seen_since_ms,
+    };
+    match state
+        .store
+        .run(move |s| s.list_devices(&filter, &page))
+        .await
+    {
+        Ok(l) => listed(l),
+        Err(e) => storage(e),
+    }
+}
+
 async fn list_components(State(state): State<Arc<DmsState>>) -> Response {
     match state.store.run(|s| s.builds()).await {
         Ok(b) => Json(json!({"components": b})).into_response(),
@@ -488,6 +597,27 @@ async fn create_job(
             "bad_request",
             "this operation needs a component",
         );
+    }
+    if b.operation.is_delivery() {
+        // A delivery needs a build of the component: an unknown name is refused now, not
+        // after a session with the device.
+        let name = b.component.clone().unwrap_or_default();
+        let lookup = name.clone();
+        match state
+            .store
+            .run(move |s| Ok(s.builds()?.iter().any(|x| x.name == lookup)))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return err(
+                    StatusCode::NOT_FOUND,
+                    "unknown_component",
+                    format!("no component {name} in the catalog (GET /v1/components lists it)"),
+                )
+            }
+            Err(e) => return storage(e),
+        }
     }
     let dev = b.device.clone();
     match state.store.run(move |s| s.device(&dev)).await {

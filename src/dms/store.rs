@@ -15,6 +15,40 @@ use crate::syncml::auth::AuthScheme;
 use crate::syncml::tree::{DevDetail, DevInfo};
 use crate::webhook::outbox;
 
+/// A page request: at most `limit` items after `cursor` (from the previous page).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// A page of results and the cursor of the next one (`None`: this was the last).
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub device: Option<String>,
+    /// `queued`, `running`, `succeeded` or `failed`.
+    pub state: Option<String>,
+    pub result_code: Option<u16>,
+}
+
+/// Which devices to list.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceFilter {
+    /// DevInfo `Mod`.
+    pub model: Option<String>,
+    /// DevDetail `FwV`.
+    pub firmware: Option<String>,
+    /// Only devices with a session since then (ms since the epoch).
+    pub seen_since_ms: Option<u64>,
+}
+
 /// Challenges a device may leave unanswered before the oldest stops being accepted.
 pub const MAX_OFFERED_NONCES: usize = 4;
 
@@ -362,6 +396,86 @@ impl DmsStore {
             out.push(serde_json::from_str(&j?)?);
         }
         Ok(out)
+    }
+
+    /// One page of jobs, newest first, matching `filter`; the cursor of the next page, if
+    /// any. The cursor is opaque to callers (`<created_at_ms>:<id>` of the last job shown).
+    pub fn list_jobs(&self, filter: &JobFilter, page: &Page) -> Result<Listed<Job>, DmsStoreError> {
+        let (before_ms, before_id) = match page.cursor.as_deref().and_then(|c| c.split_once(':')) {
+            Some((ms, id)) => (ms.parse::<i64>().unwrap_or(i64::MAX), id.to_string()),
+            None => (i64::MAX, String::new()),
+        };
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT json FROM jobs
+             WHERE (created_at_ms < ?1 OR (created_at_ms = ?1 AND (?2 = '' OR id < ?2)))
+               AND (?3 IS NULL OR device = ?3)
+               AND (?4 IS NULL OR json_extract(json, '$.state') = ?4)
+               AND (?5 IS NULL OR json_extract(json, '$.result_code') = ?5)
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                before_ms,
+                before_id,
+                filter.device,
+                filter.state,
+                filter.result_code,
+                page.limit as i64 + 1
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
+        let mut items: Vec<Job> = Vec::new();
+        let mut next = None;
+        for row in rows {
+            if items.len() == page.limit {
+                next = items
+                    .last()
+                    .map(|j| format!("{}:{}", j.created_at_ms, j.id));
+                break;
+            }
+            items.push(serde_json::from_str(&row?)?);
+        }
+        Ok(Listed { items, next })
+    }
+
+    /// One page of devices by id, matching `filter`; the cursor of the next page (the last id
+    /// shown), if any.
+    pub fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        page: &Page,
+    ) -> Result<Listed<Device>, DmsStoreError> {
+        let after = page.cursor.clone().unwrap_or_default();
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT json FROM devices
+             WHERE id > ?1
+               AND (?2 IS NULL OR json_extract(json, '$.devinfo.model') = ?2)
+               AND (?3 IS NULL OR json_extract(json, '$.devdetail.fw_v') = ?3)
+               AND (?4 IS NULL OR json_extract(json, '$.last_session_at_ms') >= ?4)
+             ORDER BY id LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                after,
+                filter.model,
+                filter.firmware,
+                filter.seen_since_ms.map(|v| v as i64),
+                page.limit as i64 + 1
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
+        let mut items: Vec<Device> = Vec::new();
+        let mut next = None;
+        for row in rows {
+            if items.len() == page.limit {
+                next = items.last().map(|d| d.id.clone());
+                break;
+            }
+            items.push(serde_json::from_str(&row?)?);
+        }
+        Ok(Listed { items, next })
     }
 
     /// Devices with open jobs.

@@ -15,6 +15,7 @@ mod connections;
 mod delivery;
 mod demo;
 mod download;
+mod emi_lists;
 mod faults;
 mod flow_5_4_1;
 mod flow_5_4_2;

@@ -159,10 +159,13 @@ impl Engine {
         job.stage = Stage::Done;
         job.result_code = result;
         job.reason = reason;
-        if self.cfg.emi_url.is_some() {
-            let outcome = if ok { "succeeded" } else { "failed" };
-            job.record(Step::EmiNotified, Some(outcome.into()));
-        }
+        let outcome = if ok { "succeeded" } else { "failed" };
+        let told = match self.cfg.emi_url {
+            Some(_) => outcome.to_string(),
+            // The step is on every timeline: here it says nobody was told, and why.
+            None => format!("skipped: no EMI webhook configured ({outcome})"),
+        };
+        job.record(Step::EmiNotified, Some(told));
         let j = job.clone();
         let url = self.cfg.emi_url.clone();
         self.store
