@@ -472,12 +472,7 @@ async fn refused_reads_end_their_step_with_the_devices_status() {
     let j = dms.wait_job(&inventory, 10).await;
     assert_eq!(j["state"], "failed", "{j:#}");
     assert_ne!(j["result_code"], 1200);
-    let refused = j["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "device_refused")
-        .expect("the refusal is on the timeline");
+    let refused = timeline_step(&j, "device_refused");
     assert_eq!(
         refused["detail"],
         "Get ./SCOMO/Inventory?list=StructData: status 403"
@@ -713,23 +708,13 @@ async fn scomo_nodes_are_added_and_a_refused_write_revokes_the_ticket() {
         .await;
     let j = dms.wait_job(&id, 60).await;
     assert_eq!(j["state"], "failed", "{j:#}");
-    let refused = j["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "device_refused")
-        .expect("the refusal is on the timeline");
+    let refused = timeline_step(&j, "device_refused");
     assert_eq!(refused["detail"], "Add ./SCOMO/Download/fw: status 405");
     assert!(
         !steps(&j).contains(&"download_requested".to_string()),
         "no Exec after a failed write: {j:#}"
     );
-    let minted = j["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "ticket_minted")
-        .unwrap();
+    let minted = timeline_step(&j, "ticket_minted");
     let ticket = minted["detail"]
         .as_str()
         .unwrap()

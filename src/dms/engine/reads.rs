@@ -21,6 +21,11 @@ pub(super) enum Read {
 }
 
 impl Read {
+    /// The one-command read: the subtree with its leaves' values.
+    pub(super) fn list_uri(self) -> String {
+        format!("{}?list=StructData", self.root())
+    }
+
     pub(super) fn root(self) -> &'static str {
         match self {
             Read::Detail => "./DevDetail",
@@ -48,13 +53,11 @@ const WALK_BATCH: usize = 16;
 impl Engine {
     /// The Get that reads `what` for `job` in one command.
     pub(super) fn read(&self, s: &mut Session, job: &str, what: Read) -> Command {
-        let uri = format!("{}?list=StructData", what.root());
         s.get(
-            &uri.clone(),
+            &what.list_uri(),
             Pending::Read {
                 job: job.to_string(),
                 what,
-                uri,
             },
         )
     }
@@ -67,17 +70,17 @@ impl Engine {
         st: &Status,
         pending: Pending,
     ) -> Result<(), EngineError> {
-        let Pending::Read { job, what, uri } = pending else {
+        let Pending::Read { job, what } = pending else {
             return Ok(());
         };
         match st.code {
             200 => {
                 // The Results follow this Status in the same message.
                 s.outstanding
-                    .insert(st.cmd_ref, Pending::Read { job, what, uri });
+                    .insert(st.cmd_ref, Pending::Read { job, what });
             }
-            406 if uri.contains("?list=") => {
-                tracing::info!(%job, device = %s.device, %uri, "?list= not supported; reading node by node");
+            406 => {
+                tracing::info!(%job, device = %s.device, uri = %what.list_uri(), "?list= not supported; reading node by node");
                 s.walks.push_back(Walk {
                     job,
                     what,
@@ -86,7 +89,7 @@ impl Engine {
                     gets: 0,
                 });
             }
-            code => self.read_refused(&job, what, &uri, code).await?,
+            code => self.read_refused(&job, what, code).await?,
         }
         Ok(())
     }
@@ -207,19 +210,14 @@ impl Engine {
 
     /// The device refused a read: the job's timeline says which and how; an inventory job
     /// fails (it has nothing to report), others go on without what they could not read.
-    async fn read_refused(
-        &self,
-        job: &str,
-        what: Read,
-        uri: &str,
-        code: u16,
-    ) -> Result<(), EngineError> {
+    async fn read_refused(&self, job: &str, what: Read, code: u16) -> Result<(), EngineError> {
         let Some(mut j) = self.load_job(job).await? else {
             return Ok(());
         };
         if j.state.is_final() {
             return Ok(());
         }
+        let uri = what.list_uri();
         j.record(
             Step::DeviceRefused,
             Some(format!("Get {uri}: status {code}")),

@@ -21,11 +21,10 @@ use crate::syncml::Encoding;
 /// A command we sent and whose answer decides something for a job.
 #[derive(Debug, Clone)]
 pub(super) enum Pending {
-    /// A read of DevDetail or the inventory (`uri` as sent).
+    /// A read of DevDetail or the inventory (`?list=StructData`).
     Read {
         job: String,
         what: Read,
-        uri: String,
     },
     /// One node of a walk (see [`reads`](super::reads)).
     WalkGet {

@@ -580,6 +580,16 @@ pub fn steps(job: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The first timeline entry of `step` in a job.
+pub fn timeline_step<'a>(job: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
+    job["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == step)
+        .unwrap_or_else(|| panic!("no {step} on the timeline: {job:#}"))
+}
+
 /// Asserts `want` appears in `got` in this order (other steps may sit between).
 pub fn assert_in_order(got: &[String], want: &[&str]) {
     let mut it = got.iter();
