@@ -15,7 +15,8 @@ python3 - "$DIR/table.txt" <<'PY'
 import re, sys
 rows = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"^(.{20}) (xml|wbxml)\s+\S+\s+(pass|FAIL)\s+\d+ms\s+(\d+)", line)
+    # flow, encoding, mechanism, steps, result, time, DM bytes
+    m = re.match(r"^(.{20}) (xml|wbxml)\s+\S+\s+\S+\s+(pass|FAIL)\s+\d+ms\s+(\d+)", line)
     if m:
         rows.setdefault(m.group(1).strip(), {})[m.group(2)] = int(m.group(4))
 print(f"{'flow':<22}{'XML bytes':>11}{'WBXML bytes':>13}{'WBXML/XML':>11}")

@@ -251,6 +251,14 @@ pub struct DeviceArgs {
     /// existing nodes (404).
     #[arg(long)]
     pub strict_writes: bool,
+    /// Behave as an OMA Download OTA client: PkgURL names a download descriptor; the outcome
+    /// is POSTed to its install-notify URI.
+    #[arg(long)]
+    pub dlota: bool,
+    /// Fault injection (with --dlota): the user cancels every download at its descriptor
+    /// (status 902, SCOMO 1401).
+    #[arg(long)]
+    pub cancel_downloads: bool,
     /// Run N agents in this process (ids get -1 … -N appended).
     #[arg(long)]
     pub fleet: Option<u32>,

@@ -92,6 +92,11 @@ pub struct DmsConfig {
     pub alternate_threshold_bytes: u64,
     /// When no ADS node is healthy, deliver in-band instead of failing the job.
     pub fallback_to_dm: bool,
+    /// Devices given an OMA Download OTA descriptor instead of a plain URL when their record
+    /// says `alternate_mechanism: "auto"`: `Manufacturer/Model` patterns matched against
+    /// DevInfo (and `OEM/DevTyp` against DevDetail, once read), `*` at the end matching any
+    /// rest (`"Acme/*"`).
+    pub dlota_devices: Vec<String>,
     /// In-band deliveries one job may start (each dropped session starts over) before it fails.
     pub max_delivery_attempts: u32,
     /// Messages one DM session may take beyond the chunks of an in-band delivery; past it the
@@ -166,6 +171,7 @@ impl Default for DmsConfig {
             ads_callback_url: None,
             alternate_threshold_bytes: 1 << 20,
             fallback_to_dm: true,
+            dlota_devices: Vec::new(),
             max_delivery_attempts: 5,
             max_session_messages: 40,
             ads_health_interval_secs: 5,

@@ -1,7 +1,8 @@
 //! `scomo-ads demo`: the whole system on loopback. Starts the ADS and the DMS, an EMI webhook
 //! receiver and one device agent per scenario, runs every seed flow with its alternatives plus
-//! a resumed download and a rejected URL reuse, checks each against the seed's steps, and
-//! prints a table. Returns whether everything passed.
+//! a resumed download and a rejected URL reuse, the 5.4.2 variants again with an OMA Download
+//! OTA (descriptor-driven) device, checks each against the seed's steps, and prints a table
+//! with the delivery mechanism each flow used. Returns whether everything passed.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,9 @@ pub struct Row {
     pub encoding: &'static str,
     /// SyncML bytes on the wire in the flow's sessions (both ways).
     pub dm_bytes: u64,
+    /// How the component travelled: `dm` (in the session), `https` (a signed URL), `dlota`
+    /// (a download descriptor naming one), or `-` (an operation without a delivery).
+    pub mechanism: &'static str,
     pub steps: String,
     pub ok: bool,
     pub detail: String,
@@ -135,6 +139,7 @@ impl Ctx {
         id: &str,
         faults: Faults,
         strict: bool,
+        dlota: bool,
         encoding: Encoding,
     ) -> Result<Arc<Agent>, String> {
         let login = format!("login-{id}");
@@ -181,6 +186,7 @@ impl Ctx {
                 Strict::default()
             },
             encoding,
+            dlota,
         };
         let agent = Agent::new(cfg).map_err(|e| e.to_string())?;
         let addr = crate::device::agent::listen_for_notifications(
@@ -194,6 +200,9 @@ impl Ctx {
         if strict {
             record["username"] = json!(login);
             record["client_auth_nonce"] = json!("");
+        }
+        if dlota {
+            record["alternate_mechanism"] = json!("dlota");
         }
         self.api_call(
             reqwest::Method::PUT,
@@ -313,8 +322,13 @@ async fn scenario(
         flow.replace([' ', '.'], "-"),
         encoding_name(encoding)
     );
-    // A "strict" row is the same flow with a device in every strict mode.
+    // A "strict" row is the same flow with a device in every strict mode; a "dlota" row with
+    // a descriptor-driven device whose record asks for descriptors.
     let (strict, flow) = match flow.strip_prefix("strict ") {
+        Some(base) => (true, base),
+        None => (false, flow),
+    };
+    let (dlota, flow) = match flow.strip_prefix("dlota ") {
         Some(base) => (true, base),
         None => (false, flow),
     };
@@ -327,7 +341,7 @@ async fn scenario(
     } else {
         Faults::default()
     };
-    let dev = ctx.device(&dev_id, faults, strict, encoding).await?;
+    let dev = ctx.device(&dev_id, faults, strict, dlota, encoding).await?;
     let (job, want) = run_flow(ctx, flow, &dev, &dev_id).await?;
     Ok((job, want, dev.dm_bytes()))
 }
@@ -431,10 +445,11 @@ async fn run_flow(
     })
 }
 
-/// Every scenario, in table order: each flow variant with our agent, the two fault rows, then
-/// each flow variant again with a strict device (server credentials required, DOCTYPE, empty
-/// first nonce, a login name, no `?list=`, strict Add/Replace).
-pub const FLOWS: [&str; 20] = [
+/// Every scenario, in table order: each flow variant with our agent, the two fault rows, the
+/// 5.4.2 variants with an OMA Download OTA device, then each flow variant again with a strict
+/// device (server credentials required, DOCTYPE, empty first nonce, a login name, no
+/// `?list=`, strict Add/Replace).
+pub const FLOWS: [&str; 23] = [
     "5.4.1 normal",
     "5.4.1 alt 1",
     "5.4.1 alt 2",
@@ -446,6 +461,9 @@ pub const FLOWS: [&str; 20] = [
     "5.4.3 alt 2",
     "resumed download",
     "rejected URL reuse",
+    "dlota 5.4.2 normal",
+    "dlota 5.4.2 alt 1",
+    "dlota 5.4.2 alt 2",
     "strict 5.4.1 normal",
     "strict 5.4.1 alt 1",
     "strict 5.4.1 alt 2",
@@ -533,6 +551,7 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
                     flow: flow.to_string(),
                     encoding: encoding_name(encoding),
                     dm_bytes,
+                    mechanism: mechanism_of(&job),
                     steps: format!("{n}/{}", want.len()),
                     ok,
                     detail: if ok {
@@ -550,6 +569,7 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
                 flow: flow.to_string(),
                 encoding: encoding_name(encoding),
                 dm_bytes: 0,
+                mechanism: "-",
                 steps: "-".into(),
                 ok: false,
                 detail: e,
@@ -563,6 +583,26 @@ pub async fn run(dir: &Path) -> Result<Vec<Row>, DemoError> {
     Ok(rows)
 }
 
+/// The mechanism a job's timeline shows it used.
+fn mechanism_of(job: &Value) -> &'static str {
+    let steps = job["timeline"].as_array().cloned().unwrap_or_default();
+    let chosen = steps
+        .iter()
+        .filter(|s| s["step"] == "mechanism_chosen")
+        .filter_map(|s| s["detail"].as_str())
+        .next_back()
+        .unwrap_or("");
+    if chosen.contains("Download OTA") {
+        "dlota"
+    } else if chosen.contains("HTTPS") {
+        "https"
+    } else if chosen.contains("in-band") || steps.iter().any(|s| s["step"] == "delivery") {
+        "dm"
+    } else {
+        "-"
+    }
+}
+
 fn encoding_name(e: Encoding) -> &'static str {
     match e {
         Encoding::Xml => "xml",
@@ -573,14 +613,15 @@ fn encoding_name(e: Encoding) -> &'static str {
 /// The table as text.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<20} {:<8} {:>6}  {:<6} {:>8} {:>9}  {}\n",
-        "flow", "encoding", "steps", "result", "time", "DM bytes", "detail"
+        "{:<20} {:<8} {:<9} {:>6}  {:<6} {:>8} {:>9}  {}\n",
+        "flow", "encoding", "mechanism", "steps", "result", "time", "DM bytes", "detail"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<20} {:<8} {:>6}  {:<6} {:>6}ms {:>9}  {}\n",
+            "{:<20} {:<8} {:<9} {:>6}  {:<6} {:>6}ms {:>9}  {}\n",
             r.flow,
             r.encoding,
+            r.mechanism,
             r.steps,
             if r.ok { "pass" } else { "FAIL" },
             r.took.as_millis(),

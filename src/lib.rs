@@ -11,6 +11,8 @@
 //! - [`syncml`]: SyncML DM 1.2 wire vocabulary (messages, XML and WBXML codecs, auth, package
 //!   0, large objects, DM tree); pure, no I/O.
 //! - [`scomo`]: the SCOMO 1.0 model (paths, operations, states, result codes); pure.
+//! - [`dlota`]: OMA Download OTA 1.0, the second alternate mechanism: download descriptors,
+//!   install-notify reports and their SCOMO result codes; pure.
 //! - [`device`]: the device agent: DM client, SCOMO tree, simulated operations, package 0 listener.
 //! - [`dms`]: the minimal OMA DM server: session engine, jobs, catalog, EMI API, package 0.
 //! - [`net`]: listeners shared by every server: TLS setup, the accept loop with connection cap
@@ -35,6 +37,7 @@ pub mod config;
 pub mod datadir;
 pub mod demo;
 pub mod device;
+pub mod dlota;
 pub mod dms;
 pub mod net;
 pub mod scomo;

@@ -289,9 +289,11 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
             drop_sessions: args.drop_sessions,
             interrupt_downloads: args.interrupt_downloads,
             refuse_adds: false,
+            cancel_downloads: args.cancel_downloads,
         },
         encoding: scomo_ads::syncml::Encoding::parse(&args.encoding)
             .context("--encoding takes xml or wbxml")?,
+        dlota: args.dlota,
         strict: scomo_ads::device::Strict {
             require_server_auth: args.require_server_auth,
             doctype: args.doctype,

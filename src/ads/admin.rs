@@ -343,6 +343,9 @@ fn ticket_json(t: &LiveTicket, snap: &Snapshot, active: u32, grace: u64) -> serd
         "expires_at": r.expires_at,
         "callback_url": r.callback_url,
         "context": r.context,
+        "mechanism": r.mechanism,
+        "content_type": r.content_type,
+        "report": snap.report,
     })
 }
 

@@ -4,6 +4,7 @@
 //! right state transitions and result codes (with fault injection for the failure paths).
 
 pub mod agent;
+pub mod dlota;
 pub mod download;
 pub mod fleet;
 pub mod state;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::ads::tickets::Mechanism;
 use crate::config::AdsNodeConfig;
 use crate::webhook::sign::Signer;
 
@@ -53,7 +54,10 @@ pub struct AdsNode {
 #[derive(Debug, Deserialize)]
 pub struct Ticket {
     pub id: String,
+    /// What the device is given (`PkgURL`): the object URL, or a DLOTA descriptor's.
     pub url: String,
+    #[serde(default)]
+    pub mechanism: Mechanism,
     pub blake3: String,
     pub sha256: String,
     pub size: u64,
@@ -189,7 +193,7 @@ impl AdsNode {
         Ok(())
     }
 
-    /// Mints a one-time URL for `component`.
+    /// Mints a one-time URL for `component`, handed to the device by `mechanism`.
     pub async fn mint(
         &self,
         component: &str,
@@ -197,6 +201,7 @@ impl AdsNode {
         callback_url: &str,
         context: serde_json::Value,
         ttl_secs: u64,
+        mechanism: Mechanism,
     ) -> Result<Ticket, AdsClientError> {
         let r = self
             .http
@@ -208,6 +213,7 @@ impl AdsNode {
                 "device_id": device,
                 "callback_url": callback_url,
                 "context": context,
+                "mechanism": mechanism,
             }))
             .send()
             .await

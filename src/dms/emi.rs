@@ -19,7 +19,9 @@ use super::catalog::Build;
 use super::engine::{AdsEvent, Engine, EngineError};
 use super::job::{Delivery, Job, JobOp, JobSource, Step};
 use super::notify;
-use super::store::{now_ms, Device, DeviceFilter, DmsStore, JobFilter, Listed, Page};
+use super::store::{
+    now_ms, Device, DeviceFilter, DmsStore, JobFilter, Listed, MechanismChoice, Page,
+};
 use crate::ads::content::{self, IngestError};
 use crate::net::guard::{self, EndpointGuard};
 use crate::syncml::auth::AuthScheme;
@@ -251,6 +253,8 @@ struct DeviceBody {
     /// The nonce we start ours (and package 0's digest) with (base64).
     server_auth_nonce: Option<String>,
     notify_url: Option<String>,
+    /// `auto`, `https` or `dlota`; absent keeps the device's current choice.
+    alternate_mechanism: Option<String>,
 }
 
 /// The nonce both sides start from (four zero bytes, the reset form), before the first Chal.
@@ -309,6 +313,19 @@ async fn put_device(
             );
         }
     }
+    let mechanism = match b.alternate_mechanism.as_deref() {
+        None => None,
+        Some(name) => match MechanismChoice::parse(name) {
+            Some(m) => Some(m),
+            None => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "alternate_mechanism must be auto, https or dlota",
+                )
+            }
+        },
+    };
     if b.username
         .as_deref()
         .is_some_and(|u| u.is_empty() || u.len() > 200)
@@ -345,6 +362,9 @@ async fn put_device(
                     d.server_auth_nonce = n;
                 }
                 d.notify_url = b.notify_url;
+                if let Some(m) = mechanism {
+                    d.alternate_mechanism = m;
+                }
             })
         })
         .await;

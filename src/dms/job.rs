@@ -142,6 +142,8 @@ pub enum Step {
     AdsDownloadCompleted,
     AdsDownloadExpired,
     AdsDownloadRevoked,
+    /// The device's OMA Download OTA status report, as the ADS relayed it.
+    AdsDownloadReported,
     EmiNotified,
 }
 
@@ -166,6 +168,7 @@ impl Step {
             Step::AdsDownloadCompleted | Step::AdsDownloadExpired | Step::AdsDownloadRevoked => {
                 "5.4.2 step 6 (the ADS's side)"
             }
+            Step::AdsDownloadReported => "5.4.2 step 6 (the device's install-notify report)",
             Step::EmiNotified => "5.4.1 step 7 / 5.4.2 step 8 / 5.4.3 step 5",
         }
     }

@@ -156,6 +156,7 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
             ads_callback_url,
             alternate_threshold: config.alternate_threshold_bytes,
             fallback_to_dm: config.fallback_to_dm,
+            dlota_devices: config.dlota_devices.clone(),
             max_delivery_attempts: config.max_delivery_attempts,
             max_session_messages: config.max_session_messages,
             ticket_ttl_secs: config.ticket_ttl_secs,

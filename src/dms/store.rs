@@ -81,6 +81,28 @@ impl From<outbox::OutboxError> for DmsStoreError {
 }
 
 /// A provisioned device.
+/// The EMI's say on a device's alternate download mechanism.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MechanismChoice {
+    /// The DMS's rule decides (`dlota_devices`), a signed URL otherwise.
+    #[default]
+    Auto,
+    Https,
+    Dlota,
+}
+
+impl MechanismChoice {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "auto" => MechanismChoice::Auto,
+            "https" => MechanismChoice::Https,
+            "dlota" => MechanismChoice::Dlota,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Device {
     pub id: String,
@@ -118,6 +140,10 @@ pub struct Device {
     /// nonce is accepted too.
     #[serde(default)]
     pub last_auth_at_ms: Option<u64>,
+    /// How alternate downloads reach this device: `https` (a signed URL), `dlota` (an OMA
+    /// Download OTA descriptor) or `auto` (the `dlota_devices` rule decides).
+    #[serde(default)]
+    pub alternate_mechanism: MechanismChoice,
     pub devinfo: Option<DevInfo>,
     pub devdetail: Option<DevDetail>,
     pub inventory: Option<serde_json::Value>,

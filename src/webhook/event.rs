@@ -16,6 +16,10 @@ pub enum DownloadEventKind {
     /// The operator (or the DMS) revoked the ticket.
     #[serde(rename = "download.revoked")]
     Revoked,
+    /// The device POSTed its OMA Download OTA status report (DLOTA tickets). The node's own
+    /// completion, not this claim, decides `download.completed`.
+    #[serde(rename = "download.reported")]
+    Reported,
 }
 
 impl DownloadEventKind {
@@ -25,6 +29,7 @@ impl DownloadEventKind {
             DownloadEventKind::Completed => "download.completed",
             DownloadEventKind::Expired => "download.expired",
             DownloadEventKind::Revoked => "download.revoked",
+            DownloadEventKind::Reported => "download.reported",
         }
     }
 }
@@ -57,12 +62,28 @@ pub struct DownloadEvent {
     /// `expired` / `revoked`: when the ticket ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
-    /// `expired` / `revoked`: bytes the device has, or may have.
+    /// `expired` / `revoked` / `reported`: bytes the device has, or may have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_delivered: Option<u64>,
     /// `expired` / `revoked`: those bytes as `[start, end)` intervals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranges: Option<Vec<(u64, u64)>>,
+    /// `download.reported`: what the device reported to the install-notify URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<InstallNotify>,
+}
+
+/// A device's install-notify report as the callback carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallNotify {
+    /// The DLOTA status code (900 success, 901-954 failures).
+    pub status: u16,
+    /// The text the device sent after the code.
+    pub message: String,
+    /// RFC 3339 with milliseconds.
+    pub reported_at: String,
+    /// Whether the node had seen every byte acknowledged by the device when the report came.
+    pub node_delivered: bool,
 }
 
 impl DownloadEvent {
@@ -96,6 +117,7 @@ mod tests {
             ended_at: Some("2026-12-02T00:00:00.000Z".into()),
             bytes_delivered: Some(4),
             ranges: Some(vec![(0, 4)]),
+            report: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event"], "download.expired");
@@ -104,6 +126,22 @@ mod tests {
         let back: DownloadEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
         assert_eq!(back.job(), Some("job-1"));
+        assert!(serde_json::to_value(&e).unwrap().get("report").is_none());
+        let mut reported = e.clone();
+        reported.event = DownloadEventKind::Reported;
+        reported.report = Some(InstallNotify {
+            status: 902,
+            message: "User Cancelled".into(),
+            reported_at: "2026-12-02T00:00:00.000Z".into(),
+            node_delivered: false,
+        });
+        let v = serde_json::to_value(&reported).unwrap();
+        assert_eq!(v["event"], "download.reported");
+        assert_eq!(v["report"]["status"], 902);
+        assert_eq!(
+            serde_json::from_value::<DownloadEvent>(v).unwrap(),
+            reported
+        );
         // An unknown kind is an error, not a silently ignored event.
         let mut bad = serde_json::to_value(&e).unwrap();
         bad["event"] = "download.teleported".into();

@@ -32,9 +32,25 @@ fn demo_runs_every_flow_and_passes() {
                 })
                 .unwrap_or_else(|| panic!("no row for {flow} in {encoding}:\n{stdout}"));
             assert!(line.contains(" pass "), "{line}");
+            // The mechanism column says how the component travelled.
+            let want = if flow.starts_with("dlota ") {
+                Some("dlota")
+            } else if flow.contains("5.4.2") || flow == "resumed download" {
+                Some("https")
+            } else if flow.contains("5.4.1") {
+                Some("dm")
+            } else {
+                None
+            };
+            if let Some(m) = want {
+                assert!(
+                    line.split_whitespace().nth(flow.split(' ').count() + 1) == Some(m),
+                    "{flow} should show {m}: {line}"
+                );
+            }
         }
     }
-    assert!(stdout.contains("all 40 flows passed"), "{stdout}");
+    assert!(stdout.contains("all 46 flows passed"), "{stdout}");
     // The table is what a newcomer sees: the logs went to a file, whose path is printed.
     let log = dir.path().join("demo.log");
     assert!(

@@ -14,6 +14,7 @@ mod cli_dms_device;
 mod connections;
 mod delivery;
 mod demo;
+mod dlota;
 mod download;
 mod emi_lists;
 mod faults;

@@ -44,6 +44,7 @@ fn pure_modules_do_no_io() {
         "ads/download/conditional.rs",
         "ads/tickets/coverage.rs",
         "webhook/sign.rs",
+        "dlota.rs",
     ] {
         files.push(src().join(f));
     }

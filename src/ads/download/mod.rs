@@ -8,6 +8,7 @@
 pub mod body;
 pub mod conditional;
 pub mod delivery;
+mod descriptor;
 pub mod plan;
 pub mod range;
 
@@ -58,11 +59,48 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Extracts the token from `/d/{token}` or `/d/{token}/{anything}`.
-fn token_from_path(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/d/")?;
+/// Extracts the token from `{prefix}{token}` or `{prefix}{token}/{anything}`.
+fn token_after<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(prefix)?;
     let token = rest.split('/').next().unwrap_or("");
     (!token.is_empty()).then_some(token)
+}
+
+/// Extracts the token from `/d/{token}` or `/d/{token}/{anything}`.
+fn token_from_path(path: &str) -> Option<&str> {
+    token_after(path, "/d/")
+}
+
+/// What the three URL kinds of a ticket are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// `/d/{token}`: the object.
+    Object,
+    /// `/dd/{token}`: a DLOTA ticket's descriptor.
+    Descriptor,
+    /// `/dn/{token}`: a DLOTA ticket's install-notify report.
+    InstallNotify,
+}
+
+impl Route {
+    fn of(path: &str) -> Self {
+        if path.starts_with("/dd/") {
+            Route::Descriptor
+        } else if path.starts_with("/dn/") {
+            Route::InstallNotify
+        } else {
+            Route::Object
+        }
+    }
+
+    /// The path as the access log shows it: the token is a bearer credential.
+    fn logged(self) -> &'static str {
+        match self {
+            Route::Object => "/d/…",
+            Route::Descriptor => "/dd/…",
+            Route::InstallNotify => "/dn/…",
+        }
+    }
 }
 
 fn plain(status: StatusCode, message: &'static str) -> Response<DownloadBody> {
@@ -82,8 +120,15 @@ impl DownloadPlane {
         req: Request<hyper::body::Incoming>,
         wire: Option<Arc<Wire>>,
     ) -> Result<Response<DownloadBody>, Infallible> {
-        let mut resp = self.respond(&req, wire).await;
-        if req.method() == Method::HEAD {
+        let route = Route::of(req.uri().path());
+        let method = req.method().clone();
+        let range = req.headers().get(header::RANGE).cloned();
+        let mut resp = match route {
+            Route::Object => self.respond(&req, wire).await,
+            Route::Descriptor => self.descriptor(&req).await,
+            Route::InstallNotify => self.install_notify(req).await,
+        };
+        if method == Method::HEAD {
             // A refusal's text is for GET: HTTP/2 does not strip a HEAD response's body the
             // way HTTP/1.1 does, and a client sees DATA on a HEAD as a protocol error.
             *resp.body_mut() = DownloadBody::empty();
@@ -92,10 +137,10 @@ impl DownloadPlane {
         if self.access_log {
             tracing::info!(
                 target: "access",
-                method = %req.method(),
+                %method,
                 // Only the path prefix: the token is a bearer credential and stays out of logs.
-                path = "/d/…",
-                range = ?req.headers().get(header::RANGE),
+                path = route.logged(),
+                range = ?range,
                 status = resp.status().as_u16(),
                 "download"
             );
@@ -127,23 +172,13 @@ impl DownloadPlane {
                 "not a download URL; expected /d/{token}\n",
             );
         };
-        let now = now_unix();
-        let (claims, token_expired) = match self.keyring.verify(token, now) {
-            Ok(c) => (c, false),
-            // Expired URLs of started tickets stay valid for the grace period: decided below.
-            Err(TokenError::Expired(c)) => (c, true),
-            Err(_) => return plain(StatusCode::FORBIDDEN, "invalid download URL\n"),
-        };
-        let ticket = match self.tickets.lookup(claims.ticket).await {
-            Ok(Some(t)) => t,
-            Ok(None) => return plain(StatusCode::GONE, "this download is no longer available\n"),
-            Err(e) => {
-                tracing::error!(error = %e, "ticket lookup failed");
-                return plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily unable to serve this download; retry later\n",
-                );
-            }
+        let Found {
+            ticket,
+            token_expired,
+            now,
+        } = match self.find(token).await {
+            Ok(f) => f,
+            Err(r) => return r,
         };
         let obj = &ticket.object;
         let target = plan::Target {
@@ -208,6 +243,36 @@ impl DownloadPlane {
             }
         }
         resp
+    }
+
+    /// The ticket a URL token names: verified without storage (403 when forged), then found
+    /// in the cache or SQLite (410 when unknown). An expired token is still found, since a
+    /// started ticket stays usable for its grace period: the ticket decides.
+    async fn find(&self, token: &str) -> Result<Found, Response<DownloadBody>> {
+        let now = now_unix();
+        let (claims, token_expired) = match self.keyring.verify(token, now) {
+            Ok(c) => (c, false),
+            Err(TokenError::Expired(c)) => (c, true),
+            Err(_) => return Err(plain(StatusCode::FORBIDDEN, "invalid download URL\n")),
+        };
+        match self.tickets.lookup(claims.ticket).await {
+            Ok(Some(ticket)) => Ok(Found {
+                ticket,
+                token_expired,
+                now,
+            }),
+            Ok(None) => Err(plain(
+                StatusCode::GONE,
+                "this download is no longer available\n",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "ticket lookup failed");
+                Err(plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily unable to serve this download; retry later\n",
+                ))
+            }
+        }
     }
 
     fn build(
@@ -328,6 +393,13 @@ impl DownloadPlane {
         };
         (body, length, content_type)
     }
+}
+
+/// A verified token's ticket.
+struct Found {
+    ticket: Arc<super::tickets::LiveTicket>,
+    token_expired: bool,
+    now: u64,
 }
 
 fn refused(r: Refusal) -> Response<DownloadBody> {

@@ -101,6 +101,36 @@ impl std::fmt::Display for TicketState {
     }
 }
 
+/// How the device is handed the ticket (seed step 5.4.2.5, "an appropriate alternate download
+/// mechanism").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mechanism {
+    /// The signed object URL itself.
+    #[default]
+    Https,
+    /// An OMA Download OTA 1.0 descriptor (`/dd/{token}`) naming the object URL, with an
+    /// install-notify URI (`/dn/{token}`) for the device's status report.
+    Dlota,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Https => "https",
+            Mechanism::Dlota => "dlota",
+        }
+    }
+
+    /// Reads a stored name; anything unknown is the plain URL (the column's default).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "dlota" => Mechanism::Dlota,
+            _ => Mechanism::Https,
+        }
+    }
+}
+
 /// What never changes about a ticket.
 #[derive(Clone, Debug)]
 pub struct TicketRecord {
@@ -114,6 +144,10 @@ pub struct TicketRecord {
     pub max_deliveries: u32,
     pub max_connections: Option<u32>,
     pub max_bytes: Option<u64>,
+    pub mechanism: Mechanism,
+    /// The object's media type as the descriptor names it (DLOTA tickets; default
+    /// `application/octet-stream`).
+    pub content_type: Option<String>,
 }
 
 impl TicketRecord {
@@ -143,6 +177,41 @@ pub struct Snapshot {
     pub coverage: Coverage,
     /// Ranges of responses in flight when the node last stopped uncleanly: maybe delivered.
     pub tentative: Coverage,
+    /// The device's install-notify report (DLOTA tickets), once it came.
+    pub report: Option<InstallReport>,
+}
+
+/// A device's DLOTA status report as the node recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallReport {
+    pub status: u16,
+    pub message: String,
+    pub at_ms: u64,
+    /// Whether the node had seen every byte acknowledged when the report came: a 900 without
+    /// it is only the device's claim.
+    pub node_delivered: bool,
+}
+
+/// What became of an install-notify report.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Recorded now (and its callback queued, when the ticket has a callback URL).
+    Recorded,
+    /// The same report came before: nothing new is recorded or sent.
+    Repeated,
+}
+
+/// Why an install-notify report is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportRefusal {
+    #[error("this download URL has no descriptor (it was minted for plain HTTPS)")]
+    NotDlota,
+    #[error("this download already has report {0}; a download has one report")]
+    Conflict(u16),
+    #[error("the report window of this download has closed")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug)]
@@ -253,10 +322,22 @@ impl LiveTicket {
             ended_at: None,
             bytes_delivered: None,
             ranges: None,
+            report: None,
         };
         if kind == DownloadEventKind::Completed {
             event.completed_at = rfc3339_ms(snap.completed_at_ms);
             event.delivery = Some(snap.deliveries);
+        } else if kind == DownloadEventKind::Reported {
+            let r = snap.report.as_ref()?;
+            let mut delivered = snap.coverage.clone();
+            delivered.merge(&snap.tentative);
+            event.bytes_delivered = Some(delivered.covered());
+            event.report = Some(crate::webhook::event::InstallNotify {
+                status: r.status,
+                message: r.message.clone(),
+                reported_at: rfc3339_ms(Some(r.at_ms)).unwrap_or_default(),
+                node_delivered: r.node_delivered,
+            });
         } else {
             let mut delivered = snap.coverage.clone();
             delivered.merge(&snap.tentative);
@@ -496,13 +577,22 @@ pub struct MintRequest {
     pub max_connections: Option<u32>,
     /// Total bytes that may be sent for this ticket, re-sent overlap included.
     pub max_bytes: Option<u64>,
+    /// `https` (default): `url` is the object URL; `dlota`: `url` is an OMA Download OTA
+    /// descriptor naming the object URL.
+    pub mechanism: Option<Mechanism>,
+    /// The object's media type in the descriptor (default `application/octet-stream`).
+    pub content_type: Option<String>,
 }
 
 /// `POST /v1/tickets` response body.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Minted {
     pub id: String,
+    /// What the device is given: the object URL, or the descriptor URL of a DLOTA ticket.
     pub url: String,
+    /// The one-time object URL (`/d/{token}`), the same as `url` for plain HTTPS.
+    pub object_url: String,
+    pub mechanism: Mechanism,
     /// RFC 3339.
     pub expires_at: String,
     pub expires_at_unix: u64,
@@ -671,6 +761,27 @@ impl Tickets {
                 ));
             }
         }
+        if let Some(t) = &req.content_type {
+            let token = |p: &str| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            let valid = t.len() <= 127
+                && t.split_once('/')
+                    .is_some_and(|(ty, sub)| token(ty) && token(sub));
+            if !valid {
+                return Err(TicketError::BadRequest(
+                    "content_type must be a media type such as application/octet-stream".into(),
+                ));
+            }
+        }
+        let mechanism = req.mechanism.unwrap_or_default();
+        if mechanism == Mechanism::Https && req.content_type.is_some() {
+            return Err(TicketError::BadRequest(
+                "content_type names the descriptor's type: it goes with mechanism \"dlota\"".into(),
+            ));
+        }
         let max_deliveries = req.max_deliveries.unwrap_or(1);
         if max_deliveries == 0 {
             return Err(TicketError::BadRequest(
@@ -683,23 +794,9 @@ impl Tickets {
             ));
         }
         let expires_at = (now + ttl).min(u64::from(u32::MAX));
-        let component = req.component.clone();
         // Components are immutable: minting reads their metadata from memory after the first
         // ticket (deletion invalidates it).
-        let meta = match self.inner.metas.get(&component) {
-            Some(m) => m,
-            None => {
-                let found = self
-                    .inner
-                    .store
-                    .run(move |s| s.component(&component))
-                    .await?
-                    .ok_or_else(|| TicketError::UnknownComponent(req.component.clone()))?;
-                let m = Arc::new(found);
-                self.inner.metas.insert(m.id.clone(), m.clone());
-                m
-            }
-        };
+        let meta = self.component_meta(&req.component).await?;
         if let Some(b) = req.max_bytes {
             if b < meta.size {
                 return Err(TicketError::BadRequest(format!(
@@ -731,6 +828,8 @@ impl Tickets {
             max_deliveries,
             max_connections,
             max_bytes,
+            mechanism,
+            content_type: req.content_type,
         };
         let id = record.id;
         let (ack, rx) = oneshot::channel();
@@ -746,9 +845,16 @@ impl Tickets {
             .tickets_minted
             .fetch_add(1, Ordering::Relaxed);
         let token = self.inner.keyring.mint(id, expires_at as u32);
+        let base = policy.public_url.trim_end_matches('/');
+        let object_url = format!("{base}/d/{token}");
         Ok(Minted {
             id: id.to_hex(),
-            url: format!("{}/d/{}", policy.public_url.trim_end_matches('/'), token),
+            url: match mechanism {
+                Mechanism::Https => object_url.clone(),
+                Mechanism::Dlota => format!("{base}/dd/{token}"),
+            },
+            object_url,
+            mechanism,
             expires_at: humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
             )
@@ -967,6 +1073,83 @@ impl Tickets {
             }
         }
         Ok(n)
+    }
+
+    /// The metadata of a ticket's component (memory first; it never changes).
+    pub async fn component_meta(&self, id: &str) -> Result<Arc<ComponentMeta>, TicketError> {
+        if let Some(m) = self.inner.metas.get(id) {
+            return Ok(m);
+        }
+        let wanted = id.to_string();
+        let found = self
+            .inner
+            .store
+            .run(move |s| s.component(&wanted))
+            .await?
+            .ok_or_else(|| TicketError::UnknownComponent(id.to_string()))?;
+        let m = Arc::new(found);
+        self.inner.metas.insert(m.id.clone(), m.clone());
+        Ok(m)
+    }
+
+    /// Records a device's install-notify report on a DLOTA ticket, with its
+    /// `download.reported` callback in the same commit. A download has one report: the same
+    /// one again is acknowledged without a second callback, another is a conflict. Reports
+    /// are taken until the ticket's expiry plus its grace period, whatever its state (a
+    /// device reports after its download completed the ticket).
+    pub async fn report(
+        &self,
+        t: &Arc<LiveTicket>,
+        report: &crate::dlota::Report,
+        now_unix: u64,
+    ) -> Result<ReportOutcome, ReportRefusal> {
+        if t.record.mechanism != Mechanism::Dlota {
+            return Err(ReportRefusal::NotDlota);
+        }
+        let (ack, rx) = oneshot::channel();
+        {
+            let mut p = t.lock();
+            if let Some(prev) = &p.snap.report {
+                return if prev.status == report.status {
+                    Ok(ReportOutcome::Repeated)
+                } else {
+                    Err(ReportRefusal::Conflict(prev.status))
+                };
+            }
+            if now_unix > t.record.expires_at + self.inner.policy.grace {
+                return Err(ReportRefusal::Closed);
+            }
+            p.snap.report = Some(InstallReport {
+                status: report.status,
+                message: report.message.clone(),
+                at_ms: now_ms(),
+                node_delivered: p.snap.state == TicketState::Completed,
+            });
+            let event = t.event(
+                DownloadEventKind::Reported,
+                &p.snap,
+                &self.inner.policy.node,
+            );
+            // Sent under the lock, like every snapshot, so the writer sees them in order.
+            if let Err(e) = self.inner.writer.send(Op::Transition {
+                ticket: t.record.id,
+                snapshot: Box::new(p.snap.clone()),
+                event,
+                ack: Some(ack),
+                settles: None,
+            }) {
+                p.snap.report = None;
+                return Err(e.into());
+            }
+        }
+        match rx.await.map_err(|_| StoreError::WorkerGone) {
+            Ok(Ok(())) => Ok(ReportOutcome::Recorded),
+            Ok(Err(e)) | Err(e) => {
+                // Not durable: forget it in memory too, so the device's retry is recorded.
+                t.lock().snap.report = None;
+                Err(e.into())
+            }
+        }
     }
 
     /// Forgets cached state of a deleted component.

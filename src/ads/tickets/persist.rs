@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, Notify};
 
 use super::coverage::Coverage;
-use super::{Snapshot, TicketRecord, TicketState};
+use super::{Mechanism, Snapshot, TicketRecord, TicketState};
 use crate::ads::store::StoreError;
 use crate::ads::token::TicketId;
 use crate::webhook::outbox;
@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS tickets (
     last_byte_at_ms INTEGER,
     completed_at_ms INTEGER,
     coverage TEXT NOT NULL DEFAULT '',
-    tentative TEXT NOT NULL DEFAULT ''
+    tentative TEXT NOT NULL DEFAULT '',
+    mechanism TEXT NOT NULL DEFAULT 'https',
+    content_type TEXT,
+    report TEXT
 );
 CREATE INDEX IF NOT EXISTS tickets_by_component ON tickets(component_id, state);
 CREATE INDEX IF NOT EXISTS tickets_by_state ON tickets(state, expires_at);
@@ -133,6 +136,7 @@ impl Writer {
         // A commit survives the process being killed; group commits stay cheap.
         let mut conn = crate::sqlite::open(db, crate::sqlite::Durability::Process)?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         conn.execute_batch(outbox::SCHEMA)?;
         recover_intents(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Op>();
@@ -150,6 +154,29 @@ impl Writer {
     pub fn send(&self, op: Op) -> Result<(), StoreError> {
         self.tx.send(op).map_err(|_| StoreError::WorkerGone)
     }
+}
+
+/// Columns added since the first schema, with their definitions: a database written by an
+/// older node gains them at start (SQLite has no `ADD COLUMN IF NOT EXISTS`).
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("mechanism", "TEXT NOT NULL DEFAULT 'https'"),
+    ("content_type", "TEXT"),
+    ("report", "TEXT"),
+];
+
+fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('tickets')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, definition) in ADDED_COLUMNS {
+        if !existing.iter().any(|c| c == name) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE tickets ADD COLUMN {name} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 fn recover_intents(conn: &mut Connection) -> Result<(), StoreError> {
@@ -260,8 +287,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> Result<Reply, StoreError> {
             let r = &record;
             tx.prepare_cached(
                 "INSERT INTO tickets (id, component_id, device_id, created_at, expires_at,
-                    callback_url, context, max_deliveries, max_connections, max_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    callback_url, context, max_deliveries, max_connections, max_bytes,
+                    mechanism, content_type)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 r.id.to_hex(),
@@ -274,6 +302,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> Result<Reply, StoreError> {
                 r.max_deliveries as i64,
                 r.max_connections.map(|v| v as i64),
                 r.max_bytes.map(|v| v as i64),
+                r.mechanism.as_str(),
+                r.content_type,
             ])?;
             Reply::Ack(ack)
         }
@@ -352,7 +382,7 @@ fn save_snapshot(
     tx.prepare_cached(
         "UPDATE tickets SET state = ?2, deliveries = ?3, bytes_sent = ?4, requests = ?5,
             first_byte_at_ms = ?6, last_byte_at_ms = ?7, completed_at_ms = ?8,
-            coverage = ?9, tentative = ?10
+            coverage = ?9, tentative = ?10, report = ?11
          WHERE id = ?1",
     )?
     .execute(params![
@@ -366,6 +396,9 @@ fn save_snapshot(
         s.completed_at_ms.map(|v| v as i64),
         s.coverage.to_text(),
         s.tentative.to_text(),
+        s.report
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok()),
     ])?;
     Ok(())
 }
@@ -374,13 +407,15 @@ fn load(tx: &rusqlite::Transaction<'_>, id: TicketId) -> Result<Option<Loaded>, 
     let mut stmt = tx.prepare_cached(
         "SELECT component_id, device_id, created_at, expires_at, callback_url, context,
                 max_deliveries, max_connections, max_bytes, state, deliveries, bytes_sent,
-                requests, first_byte_at_ms, last_byte_at_ms, completed_at_ms, coverage, tentative
+                requests, first_byte_at_ms, last_byte_at_ms, completed_at_ms, coverage, tentative,
+                mechanism, content_type, report
          FROM tickets WHERE id = ?1",
     )?;
     let row = stmt
         .query_row([id.to_hex()], |r| {
             let context: Option<String> = r.get(5)?;
             let state: String = r.get(9)?;
+            let report: Option<String> = r.get(20)?;
             Ok(Loaded {
                 record: TicketRecord {
                     id,
@@ -393,6 +428,8 @@ fn load(tx: &rusqlite::Transaction<'_>, id: TicketId) -> Result<Option<Loaded>, 
                     max_deliveries: r.get::<_, i64>(6)? as u32,
                     max_connections: r.get::<_, Option<i64>>(7)?.map(|v| v as u32),
                     max_bytes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                    mechanism: Mechanism::parse(&r.get::<_, String>(18)?),
+                    content_type: r.get(19)?,
                 },
                 snapshot: Snapshot {
                     state: TicketState::parse(&state),
@@ -404,9 +441,51 @@ fn load(tx: &rusqlite::Transaction<'_>, id: TicketId) -> Result<Option<Loaded>, 
                     completed_at_ms: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
                     coverage: Coverage::from_text(&r.get::<_, String>(16)?),
                     tentative: Coverage::from_text(&r.get::<_, String>(17)?),
+                    report: report.and_then(|j| serde_json::from_str(&j).ok()),
                 },
             })
         })
         .optional()?;
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A database written before DLOTA tickets existed gains their columns at start, and its
+    /// tickets read as plain HTTPS tickets with no report.
+    #[test]
+    fn an_older_ticket_table_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ads.sqlite3");
+        let old_schema = ADDED_COLUMNS
+            .iter()
+            .fold(SCHEMA.to_string(), |s, (name, definition)| {
+                s.replace(&format!(",\n    {name} {definition}"), "")
+            });
+        assert!(!old_schema.contains("mechanism"), "{old_schema}");
+        let id = TicketId::random();
+        {
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO tickets (id, component_id, created_at, expires_at)
+                 VALUES (?1, 'c', 1, 4000000000)",
+                [id.to_hex()],
+            )
+            .unwrap();
+        }
+        let _writer = Writer::start(&db, Arc::new(Notify::new())).unwrap();
+        let mut conn = Connection::open(&db).unwrap();
+        let tx = conn.transaction().unwrap();
+        let loaded = load(&tx, id).unwrap().unwrap();
+        assert_eq!(loaded.record.mechanism, Mechanism::Https);
+        assert_eq!(loaded.record.content_type, None);
+        assert_eq!(loaded.snapshot.report, None);
+        // Starting again finds the columns there and adds nothing.
+        drop(tx);
+        add_missing_columns(&conn).unwrap();
+    }
 }

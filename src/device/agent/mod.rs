@@ -42,6 +42,8 @@ pub struct Faults {
     /// Every `Add` is refused with 405 (as by an ACL that lets the server replace nodes but
     /// create none).
     pub refuse_adds: bool,
+    /// With `dlota`: the user cancels every download at its descriptor (902, SCOMO 1401).
+    pub cancel_downloads: bool,
 }
 
 /// Behaviours of strict devices in the field, for tests that must not flatter the DMS. All
@@ -87,6 +89,9 @@ pub struct DeviceConfig {
     pub strict: Strict,
     /// How our messages are encoded (the server answers in the same).
     pub encoding: crate::syncml::Encoding,
+    /// An OMA Download OTA client: `PkgURL` names a download descriptor, and the outcome is
+    /// reported to its install-notify URI (`device::dlota`).
+    pub dlota: bool,
 }
 
 /// Agent failures.

@@ -44,20 +44,41 @@ impl Agent {
             interrupts: self.cuts_left.clone(),
             ..Default::default()
         };
-        let fetched =
+        let fetched = if self.cfg.dlota {
+            let profile = crate::device::dlota::ClientProfile {
+                accept_types: crate::device::dlota::DEFAULT_ACCEPT
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+                free_bytes: self.cfg.max_obj_size,
+                cancel: self.cfg.faults.cancel_downloads,
+            };
+            crate::device::dlota::download(
+                &self.http,
+                &url,
+                &dest,
+                blake3.as_deref(),
+                &policy,
+                &profile,
+            )
+            .await
+            .map_err(|f| (f.result, f.why))
+        } else {
             crate::device::download::fetch(&self.http, &url, &dest, blake3.as_deref(), &policy)
-                .await;
+                .await
+                .map_err(|e| (e.result_code(), e.to_string()))
+        };
         let mut st = self.state.lock().await;
         let t = &mut st.tree;
         match fetched {
-            Err(e) => {
-                tracing::info!(device = %self.cfg.id, error = %e, "alternate download failed");
+            Err((result, why)) => {
+                tracing::info!(device = %self.cfg.id, error = %why, "alternate download failed");
                 let _ = t.set(
                     &format!("{}/Status", op.node),
                     "int",
                     scomo::DownloadStatus::DownloadFailed.code().to_string(),
                 );
-                (e.result_code(), None)
+                (result, None)
             }
             Ok(stats) => {
                 tracing::info!(device = %self.cfg.id, bytes = stats.bytes, requests = stats.requests, resumes = stats.resumes, "alternate download complete");

@@ -1,13 +1,17 @@
-//! Alternate delivery (flow 5.4.2): the build goes on a healthy ADS node, a one-time URL is
-//! minted for the device, and the device is told to fetch it (a Download node and its Exec).
-//! The node's signed callbacks land on the job's timeline; one that says the URL ended unused
-//! fails a job still waiting for the device.
+//! Alternate delivery (flow 5.4.2): the DMS chooses the mechanism for the device (a signed
+//! HTTPS URL, or an OMA Download OTA descriptor naming one), the build goes on a healthy ADS
+//! node, a one-time ticket is minted for the device, and the device is told to fetch it (a
+//! Download node and its Exec). The node's signed callbacks land on the job's timeline; one
+//! that says the URL ended unused, or a DLOTA failure report, fails a job still waiting for
+//! the device.
 
 use super::session::Session;
 use super::{Engine, EngineError};
+use crate::dms::ads_client::Mechanism;
 use crate::dms::catalog::Build;
 use crate::dms::job::{node_id, Job, JobOp, NodeWrite, Stage, Step, TicketRef, TimelineEntry};
 use crate::dms::store::now_ms;
+use crate::dms::store::{Device, MechanismChoice};
 use crate::scomo::{self, Operation};
 pub use crate::webhook::event::DownloadEvent as AdsEvent;
 use crate::webhook::event::DownloadEventKind;
@@ -23,6 +27,9 @@ impl Engine {
         build: &Build,
     ) -> Result<bool, EngineError> {
         let path = self.store.build_path(&build.id);
+        let device_id = s.device.clone();
+        let device = self.store.run(move |st| st.device(&device_id)).await?;
+        let (mechanism, why) = choose_mechanism(device.as_ref(), &self.cfg.dlota_devices);
         for _ in 0..self.ads.nodes.len() {
             let Some(node) = self.ads.pick() else {
                 break;
@@ -36,6 +43,7 @@ impl Engine {
                     &self.cfg.ads_callback_url,
                     serde_json::json!({"job": job.id, "device": s.device}),
                     self.cfg.ticket_ttl_secs,
+                    mechanism,
                 )
                 .await
             }
@@ -49,9 +57,16 @@ impl Engine {
                     continue;
                 }
             };
+            let how = match ticket.mechanism {
+                Mechanism::Https => "signed HTTPS URL",
+                Mechanism::Dlota => "OMA Download OTA descriptor",
+            };
             job.record(
                 Step::MechanismChosen,
-                Some(format!("alternate download via ADS {}", node.name)),
+                Some(format!(
+                    "alternate download via ADS {}: {how} ({why})",
+                    node.name
+                )),
             );
             job.record(
                 Step::TicketMinted,
@@ -64,7 +79,14 @@ impl Engine {
                 NodeWrite::leaf(format!("{dl}/PkgID"), &pkg),
                 NodeWrite::leaf(format!("{dl}/Name"), &build.name),
                 NodeWrite::leaf(format!("{dl}/PkgURL"), &ticket.url),
-                NodeWrite::leaf(format!("{dl}/PkgType"), "application/octet-stream"),
+                // What PkgURL names: the object, or a descriptor of it.
+                NodeWrite::leaf(
+                    format!("{dl}/PkgType"),
+                    match ticket.mechanism {
+                        Mechanism::Https => "application/octet-stream",
+                        Mechanism::Dlota => crate::dlota::CONTENT_TYPE,
+                    },
+                ),
                 // Our digests, not the ADS's: the device checks what it got against the DMS.
                 NodeWrite::interior(format!("{dl}/Ext")),
                 NodeWrite::leaf(format!("{dl}/Ext/Blake3"), &build.id),
@@ -97,11 +119,27 @@ impl Engine {
             DownloadEventKind::Completed => Step::AdsDownloadCompleted,
             DownloadEventKind::Expired => Step::AdsDownloadExpired,
             DownloadEventKind::Revoked => Step::AdsDownloadRevoked,
+            DownloadEventKind::Reported => Step::AdsDownloadReported,
         };
-        let detail = format!(
-            "{} bytes sent in {} request(s) by {}",
-            event.bytes_sent, event.requests, event.node
-        );
+        let detail = match &event.report {
+            Some(r) if event.event == DownloadEventKind::Reported => {
+                let claim = if r.node_delivered {
+                    "the node had delivered every byte"
+                } else if r.status == crate::dlota::InstallStatus::Success.code() {
+                    "a claim only: the node had not seen every byte acknowledged"
+                } else {
+                    "the node had not delivered every byte"
+                };
+                format!(
+                    "the device reports {} {} to {} ({claim})",
+                    r.status, r.message, event.node
+                )
+            }
+            _ => format!(
+                "{} bytes sent in {} request(s) by {}",
+                event.bytes_sent, event.requests, event.node
+            ),
+        };
         let entry = TimelineEntry {
             step,
             at_ms: now_ms(),
@@ -114,6 +152,9 @@ impl Engine {
             .await?;
         if !fresh || event.event == DownloadEventKind::Completed {
             return Ok(());
+        }
+        if event.event == DownloadEventKind::Reported {
+            return self.on_install_report(&job_id, event).await;
         }
         if let Some(mut job) = self.load_job(&job_id).await? {
             if !job.state.is_final() && job.stage == Stage::AwaitingResult {
@@ -129,5 +170,135 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A DLOTA status report relayed by the ADS. A failure fails the job still waiting for
+    /// the device's result, with the SCOMO code the report means (a device may report only
+    /// there); a success is the device's claim, which its own SCOMO report confirms. A report
+    /// about an earlier ticket of a retried job changes nothing.
+    async fn on_install_report(&self, job_id: &str, event: &AdsEvent) -> Result<(), EngineError> {
+        let Some(report) = &event.report else {
+            return Ok(());
+        };
+        let Some(result) = crate::dlota::scomo_result(report.status) else {
+            return Ok(());
+        };
+        let Some(mut job) = self.load_job(job_id).await? else {
+            return Ok(());
+        };
+        let current = job.ticket.as_ref().is_some_and(|t| t.id == event.ticket_id);
+        if job.state.is_final() || !current || job.stage != Stage::AwaitingResult {
+            return Ok(());
+        }
+        let name = crate::dlota::InstallStatus::from_code(report.status)
+            .map_or("vendor specific", |s| s.text());
+        let reason = format!(
+            "the device reported {} ({name}) to the ADS's install-notify URI",
+            report.status
+        );
+        self.revoke_ticket(&mut job).await;
+        self.finish(&mut job, false, Some(result.code()), Some(reason))
+            .await
+    }
+}
+
+/// The mechanism for a device's alternate download and why: the EMI's choice on the device
+/// record, else a descriptor for devices the `dlota_devices` rule names (by DevInfo
+/// `Man/Mod`, or DevDetail `OEM/DevTyp`), else the signed URL.
+pub(super) fn choose_mechanism(device: Option<&Device>, rules: &[String]) -> (Mechanism, String) {
+    let choice = device.map_or(MechanismChoice::Auto, |d| d.alternate_mechanism);
+    match choice {
+        MechanismChoice::Https => return (Mechanism::Https, "the device record says https".into()),
+        MechanismChoice::Dlota => return (Mechanism::Dlota, "the device record says dlota".into()),
+        MechanismChoice::Auto => {}
+    }
+    let names = device
+        .into_iter()
+        .flat_map(|d| {
+            let info = d
+                .devinfo
+                .as_ref()
+                .map(|i| ("DevInfo", format!("{}/{}", i.man, i.model)));
+            let detail = d
+                .devdetail
+                .as_ref()
+                .map(|x| ("DevDetail", format!("{}/{}", x.oem, x.dev_typ)));
+            info.into_iter().chain(detail)
+        })
+        .collect::<Vec<_>>();
+    for (source, name) in &names {
+        if let Some(rule) = rules.iter().find(|r| pattern_matches(r, name)) {
+            return (
+                Mechanism::Dlota,
+                format!("{source} {name} matches dlota_devices \"{rule}\""),
+            );
+        }
+    }
+    let who = names
+        .first()
+        .map_or("an unknown device".to_string(), |(_, n)| n.clone());
+    (
+        Mechanism::Https,
+        format!("auto: no dlota_devices rule names {who}"),
+    )
+}
+
+/// `Acme/R1` matches `Acme/R1`; `Acme/*` and `Acme/R*` match it too (case-insensitive).
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    match p.strip_suffix('*') {
+        Some(prefix) => n.starts_with(prefix),
+        None => p == n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::syncml::tree::{DevDetail, DevInfo};
+
+    fn device(choice: MechanismChoice) -> Device {
+        Device {
+            id: "d".into(),
+            alternate_mechanism: choice,
+            devinfo: Some(DevInfo {
+                man: "Acme".into(),
+                model: "R1".into(),
+                ..DevInfo::default()
+            }),
+            ..Device::default()
+        }
+    }
+
+    #[test]
+    fn the_record_then_the_rule_then_the_url() {
+        let rules = vec!["acme/r*".to_string()];
+        let (m, why) = choose_mechanism(Some(&device(MechanismChoice::Auto)), &rules);
+        assert_eq!(m, Mechanism::Dlota);
+        assert!(why.contains("DevInfo Acme/R1 matches"), "{why}");
+        let (m, why) = choose_mechanism(Some(&device(MechanismChoice::Https)), &rules);
+        assert_eq!(
+            (m, why.as_str()),
+            (Mechanism::Https, "the device record says https")
+        );
+        let (m, _) = choose_mechanism(Some(&device(MechanismChoice::Dlota)), &[]);
+        assert_eq!(m, Mechanism::Dlota);
+        let (m, why) = choose_mechanism(Some(&device(MechanismChoice::Auto)), &[]);
+        assert_eq!(m, Mechanism::Https);
+        assert!(why.contains("no dlota_devices rule names Acme/R1"), "{why}");
+        assert_eq!(choose_mechanism(None, &rules).0, Mechanism::Https);
+        // DevDetail, once read, is matched too.
+        let mut d = device(MechanismChoice::Auto);
+        d.devdetail = Some(DevDetail {
+            oem: "Modems Inc".into(),
+            dev_typ: "router".into(),
+            ..DevDetail::default()
+        });
+        let (m, why) = choose_mechanism(Some(&d), &["Modems Inc/router".into()]);
+        assert_eq!(m, Mechanism::Dlota);
+        assert!(why.starts_with("DevDetail"), "{why}");
+        assert!(!pattern_matches("Acme/R", "Acme/R1"));
+        assert!(pattern_matches("*", "x/y"));
     }
 }

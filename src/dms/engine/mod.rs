@@ -69,6 +69,8 @@ pub struct EngineConfig {
     /// `auto` delivery goes alternate above this size.
     pub alternate_threshold: u64,
     pub fallback_to_dm: bool,
+    /// `Man/Mod` patterns of devices that get DLOTA descriptors under `auto`.
+    pub dlota_devices: Vec<String>,
     /// In-band deliveries a job may start before it fails (a device that drops every
     /// session must not keep the job, and its session slot, busy forever).
     pub max_delivery_attempts: u32,

@@ -352,6 +352,7 @@ mod tests {
                 ads_callback_url: "https://dms.test/cb".into(),
                 alternate_threshold: 1 << 20,
                 fallback_to_dm,
+                dlota_devices: vec!["Acme/R*".into()],
                 max_delivery_attempts: 2,
                 max_session_messages: 40,
                 ticket_ttl_secs: 60,
@@ -600,5 +601,87 @@ mod tests {
         assert_eq!(j.state, JobState::Failed);
         assert!(j.has(Step::BuildChosen));
         assert!(j.reason.is_some());
+    }
+
+    /// A DLOTA report the ADS relays: a failure fails the job waiting for the device with the
+    /// SCOMO code it means, even when the device never sends its own SCOMO report; a success
+    /// or a report about an earlier ticket changes nothing.
+    #[tokio::test]
+    async fn install_notify_failures_end_the_job_with_the_mapped_scomo_code() {
+        use crate::dms::job::TicketRef;
+        use crate::webhook::event::{DownloadEvent, DownloadEventKind, InstallNotify};
+        let r = rig(false);
+        let waiting = |ticket: &str| {
+            let mut j = job(JobOp::Download, Delivery::Alternate, false);
+            j.stage = Stage::AwaitingResult;
+            j.state = JobState::Running;
+            j.ticket = Some(TicketRef {
+                node: "edge-1".into(),
+                id: ticket.into(),
+            });
+            r.store.put_job(&j).unwrap();
+            j
+        };
+        let report = |job: &Job, ticket: &str, status: u16| DownloadEvent {
+            event: DownloadEventKind::Reported,
+            event_id: format!("evt-{ticket}-{status}"),
+            ticket_id: ticket.into(),
+            component_id: "c".into(),
+            device_id: Some("dev".into()),
+            size: 3000,
+            bytes_sent: 0,
+            requests: 0,
+            first_byte_at: None,
+            node: "edge-1".into(),
+            context: Some(serde_json::json!({"job": job.id})),
+            completed_at: None,
+            delivery: None,
+            ended_at: None,
+            bytes_delivered: Some(0),
+            ranges: None,
+            report: Some(InstallNotify {
+                status,
+                message: String::new(),
+                reported_at: String::new(),
+                node_delivered: false,
+            }),
+        };
+        let cancelled = waiting("t-1");
+        r.engine
+            .on_ads_callback(&report(&cancelled, "t-1", 902))
+            .await
+            .unwrap();
+        let j = r.store.job(&cancelled.id).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.result_code, Some(1401));
+        assert!(
+            j.reason
+                .as_deref()
+                .unwrap()
+                .contains("902 (User Cancelled)"),
+            "{:?}",
+            j.reason
+        );
+        let out_of_memory = waiting("t-2");
+        r.engine
+            .on_ads_callback(&report(&out_of_memory, "t-2", 901))
+            .await
+            .unwrap();
+        let j = r.store.job(&out_of_memory.id).unwrap().unwrap();
+        assert_eq!(j.result_code, Some(1404));
+        // A success claim, and a failure about a ticket the job no longer uses, wait for the
+        // device's own report.
+        let claimed = waiting("t-3");
+        r.engine
+            .on_ads_callback(&report(&claimed, "t-3", 900))
+            .await
+            .unwrap();
+        r.engine
+            .on_ads_callback(&report(&claimed, "t-old", 905))
+            .await
+            .unwrap();
+        let j = r.store.job(&claimed.id).unwrap().unwrap();
+        assert_eq!(j.state, JobState::Running);
+        assert_eq!(j.stage, Stage::AwaitingResult);
     }
 }

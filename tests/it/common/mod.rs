@@ -643,6 +643,7 @@ pub fn device_config(
         faults,
         strict: Default::default(),
         encoding: Default::default(),
+        dlota: false,
     }
 }
 
@@ -679,13 +680,29 @@ pub fn ads_node_config(name: &str, node: &Node, weight: u32) -> scomo_ads::confi
 /// ADS nodes and a DMS wired to them, delivering through them by default with `delivery`.
 /// The DMS's certificate is made first so the nodes can trust it for their callbacks.
 pub async fn start_stack(weights: &[(&str, u32)], delivery: &str) -> (Dms, Vec<Node>) {
+    start_stack_tweaked(weights, delivery, |_| {}, |_| {}).await
+}
+
+/// [`start_stack`] with each node's and the DMS's config adjusted first.
+pub async fn start_stack_tweaked(
+    weights: &[(&str, u32)],
+    delivery: &str,
+    ads_tweak: impl Fn(&mut AdsConfig),
+    dms_tweak: impl FnOnce(&mut scomo_ads::config::DmsConfig),
+) -> (Dms, Vec<Node>) {
     let dms_dir = tempfile::tempdir().unwrap();
     scomo_ads::net::tls::load_or_generate(dms_dir.path(), None, None).unwrap();
     let dms_cert = dms_dir.path().join("tls/cert.pem");
     let mut nodes = Vec::new();
     for _ in weights {
         let ca = dms_cert.clone();
-        nodes.push(start_with(move |c| c.callback_ca_certs = vec![ca]).await);
+        nodes.push(
+            start_with(|c| {
+                c.callback_ca_certs = vec![ca];
+                ads_tweak(c);
+            })
+            .await,
+        );
     }
     let cfgs: Vec<_> = weights
         .iter()
@@ -697,6 +714,7 @@ pub async fn start_stack(weights: &[(&str, u32)], delivery: &str) -> (Dms, Vec<N
         c.ads_nodes = cfgs;
         c.default_delivery = delivery;
         c.ads_health_interval_secs = 1;
+        dms_tweak(c);
     })
     .await;
     (dms, nodes)
