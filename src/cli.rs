@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text, or as one JSON object per line (for log pipelines).
+    #[arg(long, global = true, env = "SCOMO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +35,238 @@ pub enum Command {
     Publish(PublishArgs),
     /// Mint a signed download URL for a published component.
     Mint(MintArgs),
+    /// Tickets on an ADS node: list, show, revoke (admin API).
+    Tickets(TicketsArgs),
+    /// Components on an ADS node: list, show, delete (admin API).
+    Components(ComponentsArgs),
+    /// An ADS node's callback outbox: list, retry a dead one (admin API).
+    Callbacks(CallbacksArgs),
+    /// Jobs on the DMS: create, list, show (EMI API).
+    Jobs(JobsArgs),
+    /// Devices on the DMS: list, show, provision (EMI API).
+    Devices(DevicesArgs),
+}
+
+/// How a management command prints its answer.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print the API's JSON (the default when stdout is not a terminal); else a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `scomo-ads tickets ...`
+#[derive(Debug, Args)]
+pub struct TicketsArgs {
+    #[command(subcommand)]
+    pub action: TicketsAction,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TicketsAction {
+    /// Tickets newest first, filtered and paged.
+    List {
+        /// issued, downloading, completed, expired or revoked.
+        #[arg(long)]
+        state: Option<String>,
+        /// Component id.
+        #[arg(long)]
+        component: Option<String>,
+        /// Device id.
+        #[arg(long)]
+        device: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// One ticket: state, coverage, requests, report.
+    Show { id: String },
+    /// Revoke a ticket: its URL answers 410 from now on.
+    Revoke { id: String },
+}
+
+/// `limit` and `cursor` of a list.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Items on the page (1 to 500; default 50).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+/// `scomo-ads components ...`
+#[derive(Debug, Args)]
+pub struct ComponentsArgs {
+    #[command(subcommand)]
+    pub action: ComponentsAction,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ComponentsAction {
+    /// Published components, newest first.
+    List,
+    /// One component's metadata.
+    Show { id: String },
+    /// Delete a component (refused while a live ticket needs it).
+    Delete { id: String },
+}
+
+/// `scomo-ads callbacks ...`
+#[derive(Debug, Args)]
+pub struct CallbacksArgs {
+    #[command(subcommand)]
+    pub action: CallbacksAction,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallbacksAction {
+    /// The outbox, newest first.
+    List {
+        /// pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Send a dead callback again (same event id).
+    Retry { event_id: String },
+}
+
+/// Where the DMS's EMI API is and how to reach it.
+#[derive(Debug, Args)]
+pub struct EmiArgs {
+    /// EMI API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SCOMO_DMS_API_URL",
+        default_value = "https://127.0.0.1:8446"
+    )]
+    pub api_url: String,
+    /// The DMS's data directory (or `up`'s), read for api.token and tls/cert.pem when not given.
+    #[arg(long, global = true, env = "SCOMO_DMS_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// CA certificate to trust for the EMI API (default: the data directory's tls/cert.pem).
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+}
+
+/// `scomo-ads jobs ...`
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    pub action: JobsAction,
+    #[command(flatten)]
+    pub emi: EmiArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Queue a job; prints its id.
+    Create {
+        #[arg(long)]
+        device: String,
+        /// download, download_install, install, install_inactive, remove, activate,
+        /// deactivate or inventory.
+        #[arg(long)]
+        operation: String,
+        /// Component name or catalog id.
+        #[arg(long)]
+        component: Option<String>,
+        /// dm, alternate or auto.
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Read DevDetail and the inventory first (alternative flow 2).
+        #[arg(long)]
+        inventory_first: bool,
+    },
+    /// Jobs newest first, filtered and paged.
+    List {
+        #[arg(long)]
+        device: Option<String>,
+        /// queued, running, succeeded or failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// SCOMO result code.
+        #[arg(long)]
+        result_code: Option<u16>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// One job with its timeline.
+    Show { id: String },
+}
+
+/// `scomo-ads devices ...`
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    #[command(subcommand)]
+    pub action: DevicesAction,
+    #[command(flatten)]
+    pub emi: EmiArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesAction {
+    /// Devices by id, filtered and paged.
+    List {
+        /// DevInfo model.
+        #[arg(long)]
+        model: Option<String>,
+        /// DevDetail firmware version.
+        #[arg(long)]
+        firmware: Option<String>,
+        /// Only devices with a session since (ms since the epoch).
+        #[arg(long)]
+        seen_since_ms: Option<u64>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// One device: DevInfo, DevDetail, inventory, last session.
+    Show { id: String },
+    /// Create or update a device's record.
+    Provision {
+        id: String,
+        /// The device's DM password.
+        #[arg(long, env = "SCOMO_DEVICE_PASSWORD")]
+        password: String,
+        /// Our password toward the device (package 0, server credentials).
+        #[arg(long)]
+        server_password: Option<String>,
+        /// The DM account's user name, when it is not the device id.
+        #[arg(long)]
+        username: Option<String>,
+        /// md5 or basic.
+        #[arg(long)]
+        auth: Option<String>,
+        /// none, basic or md5.
+        #[arg(long)]
+        server_auth: Option<String>,
+        /// Where package 0 is POSTed.
+        #[arg(long)]
+        notify_url: Option<String>,
+        /// auto, https or dlota.
+        #[arg(long)]
+        alternate_mechanism: Option<String>,
+    },
 }
 
 /// Flags of `serve` and `up`. Each overrides the same key of the config file.
@@ -75,19 +310,20 @@ pub struct AdminArgs {
     /// Admin API base URL.
     #[arg(
         long,
+        global = true,
         env = "SCOMO_ADS_ADMIN_URL",
         default_value = "https://127.0.0.1:8444"
     )]
     pub admin_url: String,
     /// The node's data directory, read for admin.token and tls/cert.pem when not given.
-    #[arg(long, env = "SCOMO_ADS_DATA", default_value = "./data")]
+    #[arg(long, global = true, env = "SCOMO_ADS_DATA", default_value = "./data")]
     pub data: PathBuf,
     /// CA certificate to trust for the admin API (default: DATA/tls/cert.pem if present).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub cacert: Option<PathBuf>,
     /// PEM file with a client certificate and its key, for an admin API that requires
     /// mutual TLS (the node's `admin_client_ca`).
-    #[arg(long, env = "SCOMO_ADS_CLIENT_IDENTITY")]
+    #[arg(long, global = true, env = "SCOMO_ADS_CLIENT_IDENTITY")]
     pub client_identity: Option<PathBuf>,
 }
 
@@ -115,6 +351,27 @@ pub struct MintArgs {
     /// Device the ticket is for.
     #[arg(long)]
     pub device_id: Option<String>,
+    /// Where the node POSTs the ticket's signed callbacks.
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// Total bytes the ticket may send (re-sent overlap included).
+    #[arg(long)]
+    pub max_bytes: Option<u64>,
+    /// Concurrent requests the ticket allows.
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Complete deliveries allowed (default 1: a one-time URL).
+    #[arg(long)]
+    pub max_deliveries: Option<u32>,
+    /// JSON attached to the ticket and echoed in its callbacks, e.g. '{"job":"j-1"}'.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// https (the object URL) or dlota (an OMA Download OTA descriptor URL).
+    #[arg(long)]
+    pub mechanism: Option<String>,
+    /// With --mechanism dlota: the media type the descriptor names.
+    #[arg(long)]
+    pub content_type: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -1,5 +1,6 @@
-//! A small client for the ADS admin API, used by `scomo-ads publish` and `scomo-ads mint` (and
-//! by integration tests, which thereby drive exactly what the CLI drives).
+//! A small client for the ADS admin API and the DMS's EMI API (both bearer-token JSON over
+//! HTTPS), used by `publish`, `mint` and the management commands (`tickets`, `jobs`, ...),
+//! and by integration tests, which thereby drive exactly what the CLI drives.
 
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,12 @@ pub enum ClientError {
     },
     #[error("{0} is not a regular file: publish uploads one file")]
     NotAFile(PathBuf),
-    #[error("no admin token: set SCOMO_ADS_ADMIN_TOKEN or point --data at the node's directory")]
-    NoToken,
+    #[error("no {what} token: set {env} or point --data at the directory holding {file}")]
+    NoToken {
+        what: &'static str,
+        env: &'static str,
+        file: &'static str,
+    },
     #[error("request to the admin API failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("the admin API answered {status}: {message}")]
@@ -41,24 +46,83 @@ pub struct AdminTarget {
 }
 
 impl AdminTarget {
-    /// Resolves the token and CA from explicit values or the node's data directory.
+    /// The ADS admin API: the token and CA from explicit values or the node's data directory
+    /// (`serve --data DIR`, or `DIR/ads` of `up --data DIR`).
     pub fn resolve(
         url: &str,
         token: Option<String>,
         data_dir: &Path,
         ca_cert: Option<PathBuf>,
     ) -> Result<Self, ClientError> {
-        let token = match token.filter(|t| !t.is_empty()) {
-            Some(t) => t,
-            None => std::fs::read_to_string(data_dir.join("admin.token"))
-                .map(|s| s.trim().to_string())
-                .map_err(|_| ClientError::NoToken)?,
+        let missing = ClientError::NoToken {
+            what: "admin",
+            env: "SCOMO_ADS_ADMIN_TOKEN",
+            file: "admin.token",
+        };
+        Self::resolve_in(
+            url,
+            token,
+            &[data_dir, &data_dir.join("ads")],
+            "admin.token",
+            ca_cert,
+        )
+        .ok_or(missing)
+    }
+
+    /// The DMS's EMI API: the token and CA from explicit values or the DMS's data directory
+    /// (`dms --data DIR`, or `DIR/dms` of `up --data DIR`).
+    pub fn resolve_emi(
+        url: &str,
+        token: Option<String>,
+        data_dir: &Path,
+        ca_cert: Option<PathBuf>,
+    ) -> Result<Self, ClientError> {
+        let missing = ClientError::NoToken {
+            what: "EMI API",
+            env: "SCOMO_DMS_API_TOKEN",
+            file: "api.token",
+        };
+        Self::resolve_in(
+            url,
+            token,
+            &[data_dir, &data_dir.join("dms")],
+            "api.token",
+            ca_cert,
+        )
+        .ok_or(missing)
+    }
+
+    /// The first of `dirs` holding `token_file` (or the explicit token) gives the token, and
+    /// its `tls/cert.pem` the CA unless one is given.
+    fn resolve_in(
+        url: &str,
+        token: Option<String>,
+        dirs: &[&Path],
+        token_file: &str,
+        ca_cert: Option<PathBuf>,
+    ) -> Option<Self> {
+        let from_file = |d: &&Path| {
+            std::fs::read_to_string(d.join(token_file))
+                .ok()
+                .map(|s| (s.trim().to_string(), d.to_path_buf()))
+        };
+        let (token, dir) = match token.filter(|t| !t.is_empty()) {
+            Some(t) => (
+                t,
+                dirs.iter()
+                    .find(|d| d.join("tls/cert.pem").exists())
+                    .map(|d| d.to_path_buf()),
+            ),
+            None => {
+                let (t, d) = dirs.iter().find_map(from_file)?;
+                (t, Some(d))
+            }
         };
         let ca_cert = ca_cert.or_else(|| {
-            let p = data_dir.join("tls/cert.pem");
+            let p = dir?.join("tls/cert.pem");
             p.exists().then_some(p)
         });
-        Ok(Self {
+        Some(Self {
             url: url.trim_end_matches('/').to_string(),
             token,
             ca_cert,
@@ -155,13 +219,40 @@ impl AdminClient {
         if let Some(d) = device_id {
             body["device_id"] = serde_json::Value::from(d);
         }
+        self.mint_with(&body).await
+    }
+
+    /// Mints a ticket from a whole `POST /v1/tickets` body (every option the API takes).
+    pub async fn mint_with(&self, body: &serde_json::Value) -> Result<Minted, ClientError> {
         let resp = self
             .http
             .post(format!("{}/v1/tickets", self.target.url))
             .bearer_auth(&self.target.token)
-            .json(&body)
+            .json(body)
             .send()
             .await?;
+        Self::decode(resp).await
+    }
+
+    /// One API call: `method` on `path` (with its query already in it), an optional JSON
+    /// body; the JSON answer (`null` for an empty one, as a 204 has).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.target.url))
+            .bearer_auth(&self.target.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(serde_json::Value::Null);
+        }
         Self::decode(resp).await
     }
 }

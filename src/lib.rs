@@ -18,13 +18,16 @@
 //! - [`net`]: listeners shared by every server: TLS setup, the accept loop with connection cap
 //!   and timeouts, graceful shutdown.
 //! - [`cli`]: clap definitions of every subcommand and flag (no logic).
-//! - [`client`]: the admin API client used by `publish` and `mint`.
+//! - [`client`]: the ADS admin / DMS EMI API client used by `publish`, `mint` and the
+//!   management commands; [`manage`] those commands (`tickets`, `jobs`, ...), [`table`] how
+//!   they print for a person.
 //! - [`stack`]: ADS + DMS wired together in one process (`up`, `demo`).
 //! - [`demo`]: every flow on loopback, checked against the seed steps, as a table.
 //! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
 //! - [`sqlite`]: the one way SQLite is opened (WAL, busy timeout, durability by name).
 //! - [`webhook`]: Standard Webhooks signing, the durable outbox and the retrying dispatcher,
 //!   shared by the ADS callbacks and the DMS webhooks.
+//! - [`paging`]: `limit` and `cursor` of every list endpoint, the ADS's and the DMS's.
 //! - [`datadir`]: one process per data directory (an exclusive lock).
 //! - [`secrets`]: secrets generated at first start, mode 0600, never logged.
 //!
@@ -39,10 +42,13 @@ pub mod demo;
 pub mod device;
 pub mod dlota;
 pub mod dms;
+pub mod manage;
 pub mod net;
+pub mod paging;
 pub mod scomo;
 pub mod secrets;
 pub mod sqlite;
 pub mod stack;
 pub mod syncml;
+pub mod table;
 pub mod webhook;

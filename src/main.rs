@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use scomo_ads::cli::{Cli, Command, DemoArgs, DeviceArgs, DmsArgs, ServeArgs};
-use scomo_ads::client::{AdminClient, AdminTarget};
+use scomo_ads::cli::{Cli, Command, DemoArgs, DeviceArgs, DmsArgs, OutputArgs, ServeArgs};
 use scomo_ads::config::{AdsConfig, Config, DmsConfig};
+use scomo_ads::manage;
 
 /// `println!` that never panics: a closed stdout (`scomo-ads serve | head -1`) must not take
 /// the node down, nor stop it from shutting down on SIGTERM. What cannot be written is dropped.
@@ -104,6 +104,16 @@ fn install_logging(cli: &Cli) -> Option<std::path::PathBuf> {
             .init();
         return Some(path);
     }
+    if cli.log_format == "json" {
+        // One object per line: timestamp, level, target, fields, the span's fields.
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false)
+            .init();
+        return None;
+    }
     // Colours only for a person at a terminal: log files and pipelines get plain text.
     let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
@@ -124,17 +134,7 @@ async fn run(cli: Cli, demo_log: Option<std::path::PathBuf>) -> anyhow::Result<(
         Command::Device(args) => device(*args).await,
         Command::Demo(args) => demo(args, demo_log).await,
         Command::Publish(args) => {
-            let target = AdminTarget::resolve(
-                &args.admin.admin_url,
-                env_token(),
-                &args.admin.data,
-                args.admin.cacert,
-            )?;
-            let target = AdminTarget {
-                client_identity: args.admin.client_identity,
-                ..target
-            };
-            let client = AdminClient::new(target)?;
+            let client = scomo_ads::manage::admin_client(&args.admin)?;
             let bar = progress_bar();
             let b = bar.clone();
             let meta = client
@@ -153,32 +153,29 @@ async fn run(cli: Cli, demo_log: Option<std::path::PathBuf>) -> anyhow::Result<(
             Ok(())
         }
         Command::Mint(args) => {
-            let target = AdminTarget::resolve(
-                &args.admin.admin_url,
-                env_token(),
-                &args.admin.data,
-                args.admin.cacert,
-            )?;
-            let target = AdminTarget {
-                client_identity: args.admin.client_identity,
-                ..target
-            };
-            let client = AdminClient::new(target)?;
+            let client = scomo_ads::manage::admin_client(&args.admin)?;
             let minted = client
-                .mint(
-                    &args.component_id,
-                    args.ttl.as_secs(),
-                    args.device_id.as_deref(),
-                )
+                .mint_with(&scomo_ads::manage::mint_body(&args)?)
                 .await?;
             say!("{}", serde_json::to_string_pretty(&minted)?);
             Ok(())
         }
+        Command::Tickets(a) => answer(manage::tickets(&a.action, &a.admin).await?, &a.output),
+        Command::Components(a) => answer(manage::components(&a.action, &a.admin).await?, &a.output),
+        Command::Callbacks(a) => answer(manage::callbacks(&a.action, &a.admin).await?, &a.output),
+        Command::Jobs(a) => answer(manage::jobs(&a.action, &a.emi).await?, &a.output),
+        Command::Devices(a) => answer(manage::devices(&a.action, &a.emi).await?, &a.output),
     }
 }
 
-fn env_token() -> Option<String> {
-    std::env::var("SCOMO_ADS_ADMIN_TOKEN").ok()
+/// Prints a management command's answer: JSON when asked or piped, a table at a terminal.
+fn answer(a: manage::Answer, out: &OutputArgs) -> anyhow::Result<()> {
+    if out.json || !std::io::stdout().is_terminal() {
+        say!("{}", serde_json::to_string_pretty(&a.json)?);
+    } else {
+        say_raw!("{}", a.table);
+    }
+    Ok(())
 }
 
 fn progress_bar() -> Option<indicatif::ProgressBar> {

@@ -17,10 +17,12 @@ use serde_json::json;
 
 use super::content::{self, IngestError, UploadInfo};
 use super::store::StoreError;
-use super::tickets::{LiveTicket, MintRequest, Snapshot, TicketError};
+use super::tickets::persist::TicketFilter;
+use super::tickets::{LiveTicket, MintRequest, TicketError, TicketState, TicketView};
 use super::token::TicketId;
 use super::AdsState;
 use crate::net::guard;
+use crate::paging::Page;
 
 /// An admin API error: status, stable code, human message.
 pub struct ApiError {
@@ -146,7 +148,7 @@ pub fn router(state: Arc<AdsState>) -> Router {
             "/v1/components/{id}",
             get(get_component).delete(delete_component),
         )
-        .route("/v1/tickets", post(mint))
+        .route("/v1/tickets", post(mint).get(list_tickets))
         .route("/v1/tickets/{id}", get(get_ticket).delete(revoke_ticket))
         .route("/v1/callbacks", get(list_callbacks))
         .route("/v1/callbacks/{id}/retry", post(retry_callback))
@@ -318,20 +320,20 @@ fn ticket_id(id: &str) -> Result<TicketId, ApiError> {
     TicketId::from_hex(id).ok_or_else(|| unknown_ticket(id))
 }
 
-fn ticket_json(t: &LiveTicket, snap: &Snapshot, active: u32, grace: u64) -> serde_json::Value {
-    let r = &t.record;
+fn ticket_json(t: &TicketView, grace: u64) -> serde_json::Value {
+    let (r, snap) = (&t.record, &t.snapshot);
     json!({
         "id": r.id.to_hex(),
         "component": r.component_id,
         "device_id": r.device_id,
-        "state": t.effective_state(snap, super::now_unix(), grace),
-        "size": t.object.size,
+        "state": r.effective_state(snap, super::now_unix(), grace),
+        "size": t.size,
         "bytes_sent": snap.bytes_sent,
         "bytes_delivered": snap.coverage.covered(),
         "coverage": snap.coverage.intervals(),
         "tentative": snap.tentative.intervals(),
         "requests": snap.requests,
-        "active_requests": active,
+        "active_requests": t.active,
         "deliveries": snap.deliveries,
         "max_deliveries": r.max_deliveries,
         "max_connections": r.max_connections,
@@ -349,6 +351,53 @@ fn ticket_json(t: &LiveTicket, snap: &Snapshot, active: u32, grace: u64) -> serd
     })
 }
 
+fn live_view(t: &LiveTicket) -> TicketView {
+    let (snapshot, active) = t.snapshot();
+    TicketView {
+        record: t.record.clone(),
+        snapshot,
+        active,
+        size: t.object.size,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketQuery {
+    state: Option<String>,
+    component: Option<String>,
+    device: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/tickets`: newest first, filtered by (effective) state, component and device.
+async fn list_tickets(
+    State(state): State<Arc<AdsState>>,
+    q: Result<Query<TicketQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", m);
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TicketState::from_name(s).ok_or_else(|| {
+            bad("state must be issued, downloading, completed, expired or revoked".into())
+        })?),
+    };
+    let page = Page::new(q.limit, q.cursor).map_err(|e| bad(e.to_string()))?;
+    let grace = state.config.expiry_grace_secs;
+    let filter = TicketFilter {
+        state: wanted,
+        component: q.component,
+        device: q.device,
+        now: super::now_unix(),
+        grace,
+    };
+    let listed = state.tickets.list(filter, page).await?;
+    let items: Vec<_> = listed.items.iter().map(|t| ticket_json(t, grace)).collect();
+    Ok(Json(json!({"items": items, "next_cursor": listed.next})).into_response())
+}
+
 async fn get_ticket(
     State(state): State<Arc<AdsState>>,
     Path(id): Path<String>,
@@ -359,14 +408,7 @@ async fn get_ticket(
         .lookup(tid)
         .await?
         .ok_or_else(|| unknown_ticket(&id))?;
-    let (snap, active) = t.snapshot();
-    Ok(Json(ticket_json(
-        &t,
-        &snap,
-        active,
-        state.config.expiry_grace_secs,
-    ))
-    .into_response())
+    Ok(Json(ticket_json(&live_view(&t), state.config.expiry_grace_secs)).into_response())
 }
 
 async fn revoke_ticket(
@@ -382,14 +424,7 @@ async fn revoke_ticket(
                 .lookup(tid)
                 .await?
                 .ok_or_else(|| unknown_ticket(&id))?;
-            let (snap, active) = t.snapshot();
-            Ok(Json(ticket_json(
-                &t,
-                &snap,
-                active,
-                state.config.expiry_grace_secs,
-            ))
-            .into_response())
+            Ok(Json(ticket_json(&live_view(&t), state.config.expiry_grace_secs)).into_response())
         }
         None => Err(unknown_ticket(&id)),
     }

@@ -466,26 +466,12 @@ async fn add_component(
     }
 }
 
-/// Paging of the list endpoints: `limit` (1 to 500, default 50) and the `cursor` a previous
-/// page returned as `next_cursor`. (A `Response` error, like every handler here returns.)
+/// Paging of the list endpoints (`crate::paging`). (A `Response` error, like every handler
+/// here returns.)
 #[allow(clippy::result_large_err)]
 fn page(limit: Option<usize>, cursor: Option<String>) -> Result<Page, Response> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(bad_limit());
-    }
-    Ok(Page {
-        limit,
-        cursor: cursor.filter(|c| !c.is_empty()),
-    })
-}
-
-fn bad_limit() -> Response {
-    err(
-        StatusCode::BAD_REQUEST,
-        "bad_parameter",
-        "limit must be 1 to 500",
-    )
+    Page::new(limit, cursor)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, "bad_parameter", e.to_string()))
 }
 
 fn listed<T: serde::Serialize>(l: Listed<T>) -> Response {
@@ -618,24 +604,41 @@ async fn create_job(
             "this operation needs a component",
         );
     }
-    if b.operation.is_delivery() {
-        // A delivery needs a build of the component: an unknown name is refused now, not
-        // after a session with the device.
-        let name = b.component.clone().unwrap_or_default();
-        let lookup = name.clone();
-        match state
+    // The component by catalog id (that very build) or by name (the build that fits).
+    let mut component = b.component.clone();
+    let mut pinned = None;
+    if let Some(asked) = b.component.clone().filter(|c| !c.is_empty()) {
+        let lookup = asked.clone();
+        let found = state
             .store
-            .run(move |s| Ok(s.builds()?.iter().any(|x| x.name == lookup)))
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
+            .run(move |s| {
+                let builds = s.builds()?;
+                let by_id = builds
+                    .iter()
+                    .find(|x| x.id == lookup)
+                    .map(|x| x.name.clone());
+                let by_name = builds.iter().any(|x| x.name == lookup);
+                Ok((by_id, by_name))
+            })
+            .await;
+        match found {
+            Ok((Some(name), _)) => {
+                component = Some(name);
+                pinned = Some(asked);
+            }
+            Ok((None, true)) => {}
+            // A delivery needs a build of the component: an unknown one is refused now, not
+            // after a session with the device. (Other operations name what the device holds.)
+            Ok((None, false)) if b.operation.is_delivery() => {
                 return err(
                     StatusCode::NOT_FOUND,
                     "unknown_component",
-                    format!("no component {name} in the catalog (GET /v1/components lists it)"),
+                    format!(
+                        "no component {asked} in the catalog, by name or id (GET /v1/components lists them)"
+                    ),
                 )
             }
+            Ok((None, false)) => {}
             Err(e) => return storage(e),
         }
     }
@@ -654,11 +657,12 @@ async fn create_job(
     let mut job = Job::new(
         &b.device,
         b.operation,
-        b.component,
+        component,
         delivery,
         b.inventory_first,
         JobSource::Emi,
     );
+    job.pinned_build = pinned;
     job.record(Step::EmiRequest, Some(format!("{:?}", b.operation)));
     let j = job.clone();
     if let Err(e) = state.store.run(move |s| s.put_job(&j)).await {

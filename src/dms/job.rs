@@ -207,6 +207,9 @@ pub struct Job {
     pub result_code: Option<u16>,
     pub reason: Option<String>,
     pub chosen_build: Option<String>,
+    /// The build the EMI named by its catalog id: chosen as it is, without matching targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_build: Option<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub timeline: Vec<TimelineEntry>,
@@ -288,6 +291,7 @@ impl Job {
             result_code: None,
             reason: None,
             chosen_build: None,
+            pinned_build: None,
             created_at_ms: now,
             updated_at_ms: now,
             timeline: Vec::new(),

@@ -15,19 +15,7 @@ use crate::syncml::auth::AuthScheme;
 use crate::syncml::tree::{DevDetail, DevInfo};
 use crate::webhook::outbox;
 
-/// A page request: at most `limit` items after `cursor` (from the previous page).
-#[derive(Clone, Debug, Default)]
-pub struct Page {
-    pub limit: usize,
-    pub cursor: Option<String>,
-}
-
-/// A page of results and the cursor of the next one (`None`: this was the last).
-#[derive(Debug)]
-pub struct Listed<T> {
-    pub items: Vec<T>,
-    pub next: Option<String>,
-}
+pub use crate::paging::{Listed, Page};
 
 /// Which jobs to list.
 #[derive(Clone, Debug, Default)]

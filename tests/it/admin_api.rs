@@ -494,3 +494,112 @@ async fn publishing_a_directory_says_so_in_one_line() {
     assert!(errors[0].contains("is not a regular file"), "{stderr}");
     assert!(node.components().await.is_empty(), "nothing was published");
 }
+
+/// `GET /v1/tickets`: newest first, paged with the same `limit` / `cursor` as the DMS's lists,
+/// filtered by effective state, component and device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_listed_newest_first_filtered_and_paged() {
+    let node = start_with(|c| c.sweep_interval_secs = 3600).await;
+    let a = node.publish(pattern(10_000, 1), "a", "1").await.id;
+    let b = node.publish(pattern(20_000, 2), "b", "1").await.id;
+    let mut minted = Vec::new();
+    for (comp, device, ttl) in [
+        (&a, Some("IMEI:1"), 60),
+        (&a, None, 1),
+        (&b, Some("IMEI:1"), 60),
+        (&b, Some("IMEI:2"), 60),
+        (&a, Some("IMEI:2"), 60),
+    ] {
+        let mut body = serde_json::json!({"component": comp, "ttl_secs": ttl});
+        if let Some(d) = device {
+            body["device_id"] = d.into();
+        }
+        minted.push(node.mint_with(body).await.id);
+        // Tickets of one second keep a stable newest-first order.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let c = client(&node.cert());
+    let done = node
+        .mint_with(serde_json::json!({"component": b, "ttl_secs": 60}))
+        .await;
+    c.get(&done.url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    state_becomes(&node, &done.id, "completed").await;
+    let revoked = &minted[3];
+    let r = c
+        .delete(node.admin(&format!("/v1/tickets/{revoked}")))
+        .bearer_auth(node.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let list = |query: &str| {
+        let c = c.clone();
+        let url = node.admin(&format!("/v1/tickets?{query}"));
+        let token = node.token().to_string();
+        async move {
+            let r = c.get(url).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Two at a time, every ticket once, newest first.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let (status, page) = list(&format!("limit=2&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page["items"].as_array().unwrap().len() <= 2);
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = minted.clone();
+    want.push(done.id.clone());
+    want.reverse();
+    assert_eq!(seen, want);
+    let (_, v) = list("state=revoked").await;
+    assert_eq!(ids(&v), [revoked.clone()]);
+    let (_, v) = list("state=completed").await;
+    assert_eq!(ids(&v), [done.id.clone()]);
+    assert_eq!(v["items"][0]["bytes_delivered"], 20_000);
+    // Past its expiry, a ticket lists as expired before the sweeper ended it.
+    let (_, v) = list("state=expired").await;
+    assert_eq!(ids(&v), [minted[1].clone()]);
+    let (_, v) = list("state=issued").await;
+    assert_eq!(
+        ids(&v),
+        [minted[4].clone(), minted[2].clone(), minted[0].clone()]
+    );
+    let (_, v) = list(&format!("component={a}")).await;
+    assert_eq!(
+        ids(&v),
+        [minted[4].clone(), minted[1].clone(), minted[0].clone()]
+    );
+    let (_, v) = list(&format!("component={b}&device=IMEI:2")).await;
+    assert_eq!(ids(&v), [minted[3].clone()]);
+    assert_eq!(v["items"][0]["state"], "revoked");
+    let (status, v) = list("state=lost").await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("issued, downloading"));
+    assert_eq!(list("limit=0").await.0, 400);
+    assert_eq!(list("limit=501").await.0, 400);
+    assert_eq!(list("colour=red").await.0, 400);
+    let r = c.get(node.admin("/v1/tickets")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}

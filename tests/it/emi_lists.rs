@@ -151,3 +151,56 @@ async fn emi_notified_is_recorded_as_skipped_without_a_webhook() {
         "{step}"
     );
 }
+
+/// `POST /v1/jobs` names a component by catalog id (that very build, whatever the targets
+/// would pick) or by name (the build that fits the device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_names_its_component_by_catalog_id_or_by_name() {
+    let dms = start_dms().await;
+    let old = dms
+        .add_component(&[("name", "app"), ("version", "1.0")], pattern(4_000, 1))
+        .await;
+    dms.add_component(&[("name", "app"), ("version", "2.0")], pattern(4_000, 2))
+        .await;
+    let old_id = old["id"].as_str().unwrap().to_string();
+    let _dev = start_device(&dms, "IMEI:4401", Default::default()).await;
+    let by_id = dms
+        .create_job(json!({"device": "IMEI:4401", "operation": "download", "component": old_id, "delivery": "dm"}))
+        .await;
+    let j = dms.wait_job(&by_id, 30).await;
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(
+        j["component"], "app",
+        "the job names the component, not its id"
+    );
+    let chosen = timeline_step(&j, "build_chosen")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        chosen.starts_with("app 1.0") && chosen.contains("named by the EMI"),
+        "{chosen}"
+    );
+    let by_name = dms
+        .create_job(json!({"device": "IMEI:4401", "operation": "download", "component": "app", "delivery": "dm"}))
+        .await;
+    let j = dms.wait_job(&by_name, 30).await;
+    let chosen = timeline_step(&j, "build_chosen")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        chosen.starts_with("app 2.0") && !chosen.contains("named by"),
+        "{chosen}"
+    );
+    let r = dms
+        .client()
+        .post(dms.api("/v1/jobs"))
+        .bearer_auth(&dms.handle.api_token)
+        .json(
+            &json!({"device": "IMEI:4401", "operation": "download", "component": "ab".repeat(32)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("by name or id"));
+}

@@ -11,6 +11,7 @@ mod common;
 mod admin_api;
 mod callbacks;
 mod cli_dms_device;
+mod cli_manage;
 mod connections;
 mod delivery;
 mod demo;

@@ -76,6 +76,18 @@ impl TicketState {
         }
     }
 
+    /// A state by its API name (`None` for anything else).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "issued" => TicketState::Issued,
+            "downloading" => TicketState::Downloading,
+            "completed" => TicketState::Completed,
+            "expired" => TicketState::Expired,
+            "revoked" => TicketState::Revoked,
+            _ => return None,
+        })
+    }
+
     pub fn parse(s: &str) -> Self {
         match s {
             "downloading" => TicketState::Downloading,
@@ -151,6 +163,16 @@ pub struct TicketRecord {
 }
 
 impl TicketRecord {
+    /// The state the API should show: a ticket past its expiry (plus grace when started) is
+    /// expired even before the sweeper has recorded it.
+    pub fn effective_state(&self, snap: &Snapshot, now: u64, grace: u64) -> TicketState {
+        match snap.state {
+            TicketState::Issued if now > self.expires_at => TicketState::Expired,
+            TicketState::Downloading if now > self.expires_at + grace => TicketState::Expired,
+            s => s,
+        }
+    }
+
     /// A shared link: several deliveries and nobody to call back (load tests, shared links).
     /// Its progress is persisted lazily (every [`SHARED_PERSIST_EVERY`] requests or
     /// deliveries, and when it ends) without holding responses back: a crash may lose the last
@@ -159,6 +181,15 @@ impl TicketRecord {
     pub fn is_shared(&self) -> bool {
         self.max_deliveries > 1 && self.callback_url.is_none()
     }
+}
+
+/// A ticket as the admin API shows it: its record, its progress (the live copy's when the
+/// ticket is in memory), responses in flight, and its object's size.
+pub struct TicketView {
+    pub record: TicketRecord,
+    pub snapshot: Snapshot,
+    pub active: u32,
+    pub size: u64,
 }
 
 /// How often a shared link's progress is written.
@@ -290,16 +321,9 @@ impl LiveTicket {
         (p.snap.clone(), p.active)
     }
 
-    /// The state the API should show: a ticket past its expiry (plus grace when started) is
-    /// expired even before the sweeper has recorded it.
+    /// The state the API should show (see [`TicketRecord::effective_state`]).
     pub fn effective_state(&self, snap: &Snapshot, now: u64, grace: u64) -> TicketState {
-        match snap.state {
-            TicketState::Issued if now > self.record.expires_at => TicketState::Expired,
-            TicketState::Downloading if now > self.record.expires_at + grace => {
-                TicketState::Expired
-            }
-            s => s,
-        }
+        self.record.effective_state(snap, now, grace)
     }
 
     fn event(&self, kind: DownloadEventKind, snap: &Snapshot, node: &str) -> Option<NewEvent> {
@@ -1073,6 +1097,48 @@ impl Tickets {
             }
         }
         Ok(n)
+    }
+
+    /// A page of tickets, newest first, matching `filter`; tickets in memory show their live
+    /// progress (storage may lag it by the responses in flight).
+    pub async fn list(
+        &self,
+        filter: persist::TicketFilter,
+        page: crate::paging::Page,
+    ) -> Result<crate::paging::Listed<TicketView>, TicketError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.writer.send(Op::List {
+            filter,
+            page,
+            reply,
+        })?;
+        let listed = rx.await.map_err(|_| StoreError::WorkerGone)??;
+        let registry = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let items = listed
+            .items
+            .into_iter()
+            .map(|t| {
+                let live = registry.get(&t.record.id).and_then(Weak::upgrade);
+                let (snapshot, active) = match &live {
+                    Some(l) => l.snapshot(),
+                    None => (t.snapshot, 0),
+                };
+                TicketView {
+                    record: t.record,
+                    snapshot,
+                    active,
+                    size: t.size,
+                }
+            })
+            .collect();
+        Ok(crate::paging::Listed {
+            items,
+            next: listed.next,
+        })
     }
 
     /// The metadata of a ticket's component (memory first; it never changes).

@@ -22,6 +22,7 @@ use super::coverage::Coverage;
 use super::{Mechanism, Snapshot, TicketRecord, TicketState};
 use crate::ads::store::StoreError;
 use crate::ads::token::TicketId;
+use crate::paging::{Listed, Page};
 use crate::webhook::outbox;
 
 const SCHEMA: &str = "
@@ -105,12 +106,37 @@ pub enum Op {
         ticket: TicketId,
         reply: mpsc::SyncSender<Result<Option<Loaded>, StoreError>>,
     },
+    /// A page of tickets, newest first (`GET /v1/tickets`).
+    List {
+        filter: TicketFilter,
+        page: Page,
+        reply: oneshot::Sender<Result<Listed<ListedTicket>, StoreError>>,
+    },
     /// Ids of tickets whose expiry (plus grace, once started) has passed.
     ExpiryCandidates {
         now: u64,
         grace: u64,
         reply: oneshot::Sender<Vec<TicketId>>,
     },
+}
+
+/// Which tickets to list; `state` is the effective one (a ticket past its expiry, plus grace
+/// once started, lists as expired before the sweeper ended it).
+#[derive(Clone, Debug, Default)]
+pub struct TicketFilter {
+    pub state: Option<TicketState>,
+    pub component: Option<String>,
+    pub device: Option<String>,
+    /// Unix seconds, and the grace period, that decide effective states.
+    pub now: u64,
+    pub grace: u64,
+}
+
+/// A listed ticket as stored, with its component's size.
+pub struct ListedTicket {
+    pub record: TicketRecord,
+    pub snapshot: Snapshot,
+    pub size: u64,
 }
 
 enum Reply {
@@ -350,6 +376,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: Op) -> Result<Reply, StoreError> {
             ack.map_or(Reply::None, Reply::Ack)
         }
         Op::Load { ticket, reply } => Reply::Load(reply, load(tx, ticket)?.map(Box::new)),
+        Op::List {
+            filter,
+            page,
+            reply,
+        } => {
+            let _ = reply.send(list(tx, &filter, &page));
+            Reply::None
+        }
         Op::ExpiryCandidates { now, grace, reply } => {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM tickets
@@ -403,50 +437,114 @@ fn save_snapshot(
     Ok(())
 }
 
+/// The columns [`row_to_ticket`] reads, in its order.
+const TICKET_COLUMNS: &str = "t.component_id, t.device_id, t.created_at, t.expires_at,
+    t.callback_url, t.context, t.max_deliveries, t.max_connections, t.max_bytes, t.state,
+    t.deliveries, t.bytes_sent, t.requests, t.first_byte_at_ms, t.last_byte_at_ms,
+    t.completed_at_ms, t.coverage, t.tentative, t.mechanism, t.content_type, t.report, t.id";
+
+fn row_to_ticket(r: &rusqlite::Row<'_>) -> rusqlite::Result<Loaded> {
+    let context: Option<String> = r.get(5)?;
+    let state: String = r.get(9)?;
+    let report: Option<String> = r.get(20)?;
+    let id: String = r.get(21)?;
+    Ok(Loaded {
+        record: TicketRecord {
+            id: TicketId::from_hex(&id).ok_or_else(|| {
+                rusqlite::Error::InvalidColumnType(21, "id".into(), rusqlite::types::Type::Text)
+            })?,
+            component_id: r.get(0)?,
+            device_id: r.get(1)?,
+            created_at: r.get::<_, i64>(2)? as u64,
+            expires_at: r.get::<_, i64>(3)? as u64,
+            callback_url: r.get(4)?,
+            context: context.and_then(|c| serde_json::from_str(&c).ok()),
+            max_deliveries: r.get::<_, i64>(6)? as u32,
+            max_connections: r.get::<_, Option<i64>>(7)?.map(|v| v as u32),
+            max_bytes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            mechanism: Mechanism::parse(&r.get::<_, String>(18)?),
+            content_type: r.get(19)?,
+        },
+        snapshot: Snapshot {
+            state: TicketState::parse(&state),
+            deliveries: r.get::<_, i64>(10)? as u32,
+            bytes_sent: r.get::<_, i64>(11)? as u64,
+            requests: r.get::<_, i64>(12)? as u64,
+            first_byte_at_ms: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+            last_byte_at_ms: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+            completed_at_ms: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+            coverage: Coverage::from_text(&r.get::<_, String>(16)?),
+            tentative: Coverage::from_text(&r.get::<_, String>(17)?),
+            report: report.and_then(|j| serde_json::from_str(&j).ok()),
+        },
+    })
+}
+
 fn load(tx: &rusqlite::Transaction<'_>, id: TicketId) -> Result<Option<Loaded>, StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT component_id, device_id, created_at, expires_at, callback_url, context,
-                max_deliveries, max_connections, max_bytes, state, deliveries, bytes_sent,
-                requests, first_byte_at_ms, last_byte_at_ms, completed_at_ms, coverage, tentative,
-                mechanism, content_type, report
-         FROM tickets WHERE id = ?1",
-    )?;
-    let row = stmt
-        .query_row([id.to_hex()], |r| {
-            let context: Option<String> = r.get(5)?;
-            let state: String = r.get(9)?;
-            let report: Option<String> = r.get(20)?;
-            Ok(Loaded {
-                record: TicketRecord {
-                    id,
-                    component_id: r.get(0)?,
-                    device_id: r.get(1)?,
-                    created_at: r.get::<_, i64>(2)? as u64,
-                    expires_at: r.get::<_, i64>(3)? as u64,
-                    callback_url: r.get(4)?,
-                    context: context.and_then(|c| serde_json::from_str(&c).ok()),
-                    max_deliveries: r.get::<_, i64>(6)? as u32,
-                    max_connections: r.get::<_, Option<i64>>(7)?.map(|v| v as u32),
-                    max_bytes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-                    mechanism: Mechanism::parse(&r.get::<_, String>(18)?),
-                    content_type: r.get(19)?,
-                },
-                snapshot: Snapshot {
-                    state: TicketState::parse(&state),
-                    deliveries: r.get::<_, i64>(10)? as u32,
-                    bytes_sent: r.get::<_, i64>(11)? as u64,
-                    requests: r.get::<_, i64>(12)? as u64,
-                    first_byte_at_ms: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
-                    last_byte_at_ms: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
-                    completed_at_ms: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
-                    coverage: Coverage::from_text(&r.get::<_, String>(16)?),
-                    tentative: Coverage::from_text(&r.get::<_, String>(17)?),
-                    report: report.and_then(|j| serde_json::from_str(&j).ok()),
-                },
-            })
-        })
-        .optional()?;
-    Ok(row)
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets t WHERE t.id = ?1"
+    ))?;
+    Ok(stmt.query_row([id.to_hex()], row_to_ticket).optional()?)
+}
+
+/// A page of tickets, newest first; the cursor is `<created_at>:<id>` of the last one shown.
+fn list(
+    tx: &rusqlite::Transaction<'_>,
+    f: &TicketFilter,
+    page: &Page,
+) -> Result<Listed<ListedTicket>, StoreError> {
+    let (before, before_id) = match page.cursor.as_deref().and_then(|c| c.split_once(':')) {
+        Some((at, id)) => (at.parse::<i64>().unwrap_or(i64::MAX), id.to_string()),
+        None => (i64::MAX, String::new()),
+    };
+    // The effective state, as `LiveTicket::effective_state` decides it.
+    let state_clause = match f.state {
+        None => "1",
+        Some(TicketState::Issued) => "t.state = 'issued' AND t.expires_at >= ?6",
+        Some(TicketState::Downloading) => "t.state = 'downloading' AND t.expires_at + ?7 >= ?6",
+        Some(TicketState::Expired) => {
+            "(t.state = 'expired' OR (t.state = 'issued' AND t.expires_at < ?6)
+              OR (t.state = 'downloading' AND t.expires_at + ?7 < ?6))"
+        }
+        Some(TicketState::Completed) => "t.state = 'completed'",
+        Some(TicketState::Revoked) => "t.state = 'revoked'",
+    };
+    let sql = format!(
+        "SELECT {TICKET_COLUMNS}, c.size FROM tickets t JOIN components c ON c.id = t.component_id
+         WHERE (t.created_at < ?1 OR (t.created_at = ?1 AND (?2 = '' OR t.id < ?2)))
+           AND (?3 IS NULL OR t.component_id = ?3)
+           AND (?4 IS NULL OR t.device_id = ?4)
+           AND {state_clause}
+         ORDER BY t.created_at DESC, t.id DESC LIMIT ?5"
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        before.into(),
+        before_id.into(),
+        f.component.clone().into(),
+        f.device.clone().into(),
+        (page.limit as i64 + 1).into(),
+    ];
+    // SQLite refuses parameters a statement does not name: the clock only where it counts.
+    if state_clause.contains("?6") {
+        values.push((f.now as i64).into());
+    }
+    if state_clause.contains("?7") {
+        values.push((f.grace as i64).into());
+    }
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let loaded = row_to_ticket(r)?;
+        out.push(ListedTicket {
+            record: loaded.record,
+            snapshot: loaded.snapshot,
+            size: r.get::<_, i64>(22)? as u64,
+        });
+    }
+    Ok(Listed::from_rows(out, page, |t| {
+        format!("{}:{}", t.record.created_at, t.record.id.to_hex())
+    }))
 }
 
 #[cfg(test)]

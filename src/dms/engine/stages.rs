@@ -185,6 +185,25 @@ impl Engine {
             self.save_job(job).await?;
             return Ok(Next::send(vec![cmd]));
         }
+        if let Some(pinned) = job.pinned_build.clone() {
+            let Some(b) = builds.iter().find(|b| b.id == pinned) else {
+                job.record(Step::BuildChosen, Some("none".into()));
+                let reason = format!("build {pinned} the job names is no longer in the catalog");
+                self.finish(job, false, None, Some(reason)).await?;
+                return Ok(Next::Idle);
+            };
+            let short = &b.id[..12.min(b.id.len())];
+            job.record(
+                Step::BuildChosen,
+                Some(format!(
+                    "{} {} ({short}, named by the EMI)",
+                    b.name, b.version
+                )),
+            );
+            job.chosen_build = Some(b.id.clone());
+            job.stage = Stage::Mechanism;
+            return Ok(Next::Continue);
+        }
         match catalog::choose(&builds, &name, &info, dev.devdetail.as_ref()) {
             Ok(b) => {
                 let short = &b.id[..12.min(b.id.len())];
