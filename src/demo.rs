@@ -251,12 +251,14 @@ impl Ctx {
         self.wait_job(&id).await
     }
 
+    /// How many times the EMI heard of the job's end (a device's request is also announced,
+    /// as `job.requested`, which this does not count).
     fn emi_told(&self, job: &str) -> usize {
         self.emi
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|e| e["job"]["id"] == job)
+            .filter(|e| e["job"]["id"] == job && e["event"] != "job.requested")
             .count()
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::content::{self, IngestError, UploadInfo};
-use super::store::StoreError;
+use super::store::{ComponentMeta, ComponentName, StoreError};
 use super::tickets::persist::TicketFilter;
 use super::tickets::{LiveTicket, MintRequest, TicketError, TicketState, TicketView};
 use super::token::TicketId;
@@ -249,11 +249,28 @@ async fn upload(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(meta)).into_response())
+    let id = meta.id.clone();
+    let names = state.store.run(move |s| s.names(&id)).await?;
+    Ok((status, Json(with_names(&meta, names))).into_response())
+}
+
+/// A component's metadata with every name/version it was published under.
+fn with_names(meta: &ComponentMeta, names: Vec<ComponentName>) -> serde_json::Value {
+    let mut v = serde_json::to_value(meta).unwrap_or_default();
+    v["names"] = serde_json::to_value(names).unwrap_or_default();
+    v
 }
 
 async fn list_components(State(state): State<Arc<AdsState>>) -> Result<Response, ApiError> {
-    let all = state.store.run(|s| s.components()).await?;
+    let all = state
+        .store
+        .run(|s| {
+            s.components()?
+                .into_iter()
+                .map(|m| Ok(with_names(&m, s.names(&m.id)?)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
     Ok(Json(json!({ "components": all })).into_response())
 }
 
@@ -262,7 +279,14 @@ async fn get_component(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let lookup = id.clone();
-    match state.store.run(move |s| s.component(&lookup)).await? {
+    let found = state
+        .store
+        .run(move |s| match s.component(&lookup)? {
+            Some(m) => Ok(Some(with_names(&m, s.names(&m.id)?))),
+            None => Ok(None),
+        })
+        .await?;
+    match found {
         Some(meta) => Ok(Json(meta).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -92,6 +92,13 @@ pub struct ComponentMeta {
     pub created_at: u64,
 }
 
+/// One name/version a component is known by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentName {
+    pub name: String,
+    pub version: String,
+}
+
 /// Handle to the SQLite database and object directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -109,6 +116,15 @@ CREATE TABLE IF NOT EXISTS components (
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     created_at INTEGER NOT NULL
+);
+-- Every name/version a component's bytes were published under (the first one included):
+-- the same bytes published again under another name record that name, on the same object.
+CREATE TABLE IF NOT EXISTS component_names (
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (id, name, version)
 );
 ";
 
@@ -173,8 +189,9 @@ impl Store {
     }
 
     /// Publishes a fully written and fsynced temp file as component `meta.id`. Returns the
-    /// stored metadata and whether it is new; when the bytes were already there, the temp
-    /// file is discarded and the first publication's metadata is returned.
+    /// metadata under the name/version asked for and whether the bytes are new; when they
+    /// were already there, the temp file is discarded and the name/version is recorded on the
+    /// same object (see [`Store::names`]).
     pub fn publish(
         &self,
         temp: &Path,
@@ -182,7 +199,7 @@ impl Store {
     ) -> Result<(ComponentMeta, bool), StoreError> {
         if let Some(existing) = self.component(&meta.id)? {
             let _ = std::fs::remove_file(temp);
-            return Ok((existing, false));
+            return Ok((self.also_named(existing, &meta)?, false));
         }
         let dest = self.object_path(&meta.id);
         if let Some(dir) = dest.parent() {
@@ -223,10 +240,52 @@ impl Store {
         };
         if inserted == 0 {
             if let Some(existing) = self.component(&meta.id)? {
-                return Ok((existing, false));
+                return Ok((self.also_named(existing, &meta)?, false));
             }
         }
+        self.add_name(&meta)?;
         Ok((meta, true))
+    }
+
+    /// Records `asked`'s name/version on the stored component; returns its metadata under it.
+    fn also_named(
+        &self,
+        existing: ComponentMeta,
+        asked: &ComponentMeta,
+    ) -> Result<ComponentMeta, StoreError> {
+        self.add_name(asked)?;
+        Ok(ComponentMeta {
+            name: asked.name.clone(),
+            version: asked.version.clone(),
+            ..existing
+        })
+    }
+
+    fn add_name(&self, m: &ComponentMeta) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO component_names (id, name, version, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![m.id, m.name, m.version, m.created_at as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every name/version a component was published under, oldest first (components stored
+    /// before names were recorded show their first name only).
+    pub fn names(&self, id: &str) -> Result<Vec<ComponentName>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, version FROM component_names WHERE id = ?1
+             UNION SELECT name, version FROM components WHERE id = ?1
+             ORDER BY 1, 2",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(ComponentName {
+                name: r.get(0)?,
+                version: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn row_to_meta(row: &rusqlite::Row<'_>) -> rusqlite::Result<ComponentMeta> {
@@ -282,6 +341,7 @@ impl Store {
             return Err(StoreError::InUse(id.to_string(), live as u64));
         }
         tx.execute("DELETE FROM tickets WHERE component_id = ?1", [id])?;
+        tx.execute("DELETE FROM component_names WHERE id = ?1", [id])?;
         let n = tx.execute("DELETE FROM components WHERE id = ?1", [id])?;
         tx.commit()?;
         drop(conn);

@@ -137,6 +137,18 @@ pub struct Device {
     pub inventory: Option<serde_json::Value>,
     pub last_session_at_ms: Option<u64>,
     pub last_notified_at_ms: Option<u64>,
+    /// The device's latest request (alternative flows 1) and the job it created.
+    #[serde(default)]
+    pub last_request: Option<DeviceRequest>,
+}
+
+/// A component or operation the device asked for, and the job that carries it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    pub job_id: String,
+    pub operation: crate::dms::job::JobOp,
+    pub component: Option<String>,
+    pub at_ms: u64,
 }
 
 const SCHEMA: &str = "
@@ -301,18 +313,42 @@ impl DmsStore {
     }
 
     pub fn put_job(&self, j: &Job) -> Result<(), DmsStoreError> {
-        self.conn().execute(
-            "INSERT INTO jobs (id, device, final, created_at_ms, json) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET final = excluded.final, json = excluded.json",
-            params![
-                j.id,
-                j.device,
-                j.state.is_final() as i64,
-                j.created_at_ms as i64,
-                serde_json::to_string(j)?
-            ],
-        )?;
-        Ok(())
+        write_job(&self.conn(), j)
+    }
+
+    /// A job the device asked for (alternative flows 1): stored, named on the device record
+    /// (`last_request`), and announced to the EMI (`job.requested`, so it learns the id
+    /// before the job ends), in one transaction.
+    pub fn put_device_job(&self, j: &Job, emi_url: Option<&str>) -> Result<(), DmsStoreError> {
+        self.write_tx(|tx| {
+            write_job(tx, j)?;
+            if let Some(mut d) = read_device(tx, &j.device)? {
+                d.last_request = Some(DeviceRequest {
+                    job_id: j.id.clone(),
+                    operation: j.operation,
+                    component: j.component.clone(),
+                    at_ms: j.created_at_ms,
+                });
+                write_device(tx, &d)?;
+            }
+            if let Some(url) = emi_url {
+                let event_id = outbox::new_event_id();
+                let payload = serde_json::json!({
+                    "event": "job.requested",
+                    "event_id": event_id,
+                    "job": j,
+                });
+                outbox::enqueue(
+                    tx,
+                    &event_id,
+                    "job.requested",
+                    url,
+                    &payload.to_string(),
+                    now_ms(),
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Records an ADS callback on a job's timeline; false if this event was already recorded
@@ -506,6 +542,21 @@ fn read_device(conn: &Connection, id: &str) -> Result<Option<Device>, DmsStoreEr
         .query_row("SELECT json FROM devices WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
     Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+}
+
+fn write_job(conn: &Connection, j: &Job) -> Result<(), DmsStoreError> {
+    conn.execute(
+        "INSERT INTO jobs (id, device, final, created_at_ms, json) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET final = excluded.final, json = excluded.json",
+        params![
+            j.id,
+            j.device,
+            j.state.is_final() as i64,
+            j.created_at_ms as i64,
+            serde_json::to_string(j)?
+        ],
+    )?;
+    Ok(())
 }
 
 fn write_device(conn: &Connection, d: &Device) -> Result<(), DmsStoreError> {

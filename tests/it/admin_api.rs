@@ -603,3 +603,72 @@ async fn tickets_are_listed_newest_first_filtered_and_paged() {
     let r = c.get(node.admin("/v1/tickets")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// The same bytes published under another name/version record that name on the same object
+/// (200, same id), instead of answering with the first publication's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bytes_under_a_new_name_record_that_name() {
+    let node = start().await;
+    let bytes = pattern(12_000, 9);
+    let c = client(&node.cert());
+    let put = |name: &'static str, version: &'static str| {
+        let c = c.clone();
+        let url = node.admin("/v1/components");
+        let token = node.token().to_string();
+        let bytes = bytes.clone();
+        async move {
+            let r = c
+                .post(url)
+                .query(&[("name", name), ("version", version)])
+                .bearer_auth(token)
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (s1, first) = put("modem-fw", "2.1").await;
+    assert_eq!(s1, 201);
+    let (s2, again) = put("modem-fw-eu", "2.1.1").await;
+    assert_eq!(s2, 200, "same bytes: nothing new stored");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        (again["name"].as_str(), again["version"].as_str()),
+        (Some("modem-fw-eu"), Some("2.1.1"))
+    );
+    let (s3, _) = put("modem-fw-eu", "2.1.1").await;
+    assert_eq!(s3, 200);
+    let id = first["id"].as_str().unwrap();
+    let shown = node
+        .admin_get(&format!("/v1/components/{id}"), node.token())
+        .await;
+    let shown: serde_json::Value = shown.json().await.unwrap();
+    assert_eq!(
+        shown["names"],
+        serde_json::json!([{"name": "modem-fw", "version": "2.1"}, {"name": "modem-fw-eu", "version": "2.1.1"}])
+    );
+    let all = node.components().await;
+    assert_eq!(all.len(), 1, "one object: {all:?}");
+    assert_eq!(all[0]["names"].as_array().unwrap().len(), 2);
+    // One object on disk.
+    let objects = walk_files(&node.dir.path().join("objects"));
+    assert_eq!(objects, 1);
+}
+
+fn walk_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk_files(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}

@@ -204,3 +204,42 @@ async fn a_job_names_its_component_by_catalog_id_or_by_name() {
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("by name or id"));
 }
+
+/// A job the device asked for: the EMI hears its id at once (`job.requested`, signed like the
+/// job's end) and the device record names it, so the EMI can follow it before it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_initiated_job_is_announced_and_named_on_the_device_record() {
+    let dms = start_dms().await;
+    dms.add_component(&[("name", "app"), ("version", "1.0")], pattern(4_000, 3))
+        .await;
+    let dev = start_device(&dms, "IMEI:4402", Default::default()).await;
+    dev.agent
+        .request_component_via("app", false, Some("dm"))
+        .await
+        .unwrap();
+    let d = dms.device("IMEI:4402").await;
+    let job = d["last_request"]["job_id"].as_str().unwrap().to_string();
+    assert_eq!(d["last_request"]["operation"], "download_install");
+    assert_eq!(d["last_request"]["component"], "app");
+    let j = dms.wait_job(&job, 30).await;
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    let mut kinds = Vec::new();
+    for _ in 0..200 {
+        kinds = dms
+            .emi
+            .delivered()
+            .iter()
+            .filter(|a| a.json()["job"]["id"] == job.as_str())
+            .map(|a| {
+                assert!(verify_signature(&dms.dir.path().join("emi.secret"), a));
+                a.json()["event"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>();
+        if kinds.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["job.requested", "job.succeeded"]);
+}

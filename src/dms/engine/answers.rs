@@ -223,7 +223,12 @@ impl Engine {
         job.record(Step::DeviceRequest, Some(format!("{op:?}")));
         job.record(Step::SessionInitiated, Some("by the device".into()));
         tracing::info!(job = %job.id, device = %s.device, ?op, "job requested by the device");
-        self.save_job(&job).await
+        let url = self.cfg.emi_url.clone();
+        self.store
+            .run(move |st| st.put_device_job(&job, url.as_deref()))
+            .await?;
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
