@@ -45,6 +45,29 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Devices on the DMS: list, show, provision (EMI API).
     Devices(DevicesArgs),
+    /// Exit 0 when a node answers its /healthz with ok (a container's HEALTHCHECK).
+    Health(HealthArgs),
+}
+
+/// `scomo-ads health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The health URL (the ADS admin listener's by default; a DMS's is on its EMI listener).
+    #[arg(
+        long,
+        env = "SCOMO_HEALTH_URL",
+        default_value = "https://127.0.0.1:8444/healthz"
+    )]
+    pub url: String,
+    /// The data directory whose tls/cert.pem to trust (a generated certificate).
+    #[arg(long, env = "SCOMO_ADS_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// CA certificate to trust instead.
+    #[arg(long, env = "SCOMO_HEALTH_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
 }
 
 /// How a management command prints its answer.

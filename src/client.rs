@@ -34,6 +34,29 @@ pub enum ClientError {
     Trust(#[from] crate::net::tls::TrustError),
 }
 
+/// Where an API's token comes from when it is not given.
+struct TokenSource {
+    what: &'static str,
+    env: &'static str,
+    file: &'static str,
+    /// The service's directory inside `up`'s data directory.
+    subdir: &'static str,
+}
+
+const ADMIN_API: TokenSource = TokenSource {
+    what: "admin",
+    env: "SCOMO_ADS_ADMIN_TOKEN",
+    file: "admin.token",
+    subdir: "ads",
+};
+
+const EMI_API: TokenSource = TokenSource {
+    what: "EMI API",
+    env: "SCOMO_DMS_API_TOKEN",
+    file: "api.token",
+    subdir: "dms",
+};
+
 /// Where the admin API is and how to authenticate to it.
 #[derive(Clone, Debug)]
 pub struct AdminTarget {
@@ -47,26 +70,14 @@ pub struct AdminTarget {
 
 impl AdminTarget {
     /// The ADS admin API: the token and CA from explicit values or the node's data directory
-    /// (`serve --data DIR`, or `DIR/ads` of `up --data DIR`).
+    /// (`serve --data DIR` or `up --data DIR`; `DIR/ads` of an older `up`).
     pub fn resolve(
         url: &str,
         token: Option<String>,
         data_dir: &Path,
         ca_cert: Option<PathBuf>,
     ) -> Result<Self, ClientError> {
-        let missing = ClientError::NoToken {
-            what: "admin",
-            env: "SCOMO_ADS_ADMIN_TOKEN",
-            file: "admin.token",
-        };
-        Self::resolve_in(
-            url,
-            token,
-            &[data_dir, &data_dir.join("ads")],
-            "admin.token",
-            ca_cert,
-        )
-        .ok_or(missing)
+        Self::resolve_for(&ADMIN_API, url, token, data_dir, ca_cert)
     }
 
     /// The DMS's EMI API: the token and CA from explicit values or the DMS's data directory
@@ -77,19 +88,24 @@ impl AdminTarget {
         data_dir: &Path,
         ca_cert: Option<PathBuf>,
     ) -> Result<Self, ClientError> {
-        let missing = ClientError::NoToken {
-            what: "EMI API",
-            env: "SCOMO_DMS_API_TOKEN",
-            file: "api.token",
-        };
-        Self::resolve_in(
-            url,
-            token,
-            &[data_dir, &data_dir.join("dms")],
-            "api.token",
-            ca_cert,
+        Self::resolve_for(&EMI_API, url, token, data_dir, ca_cert)
+    }
+
+    fn resolve_for(
+        api: &TokenSource,
+        url: &str,
+        token: Option<String>,
+        data_dir: &Path,
+        ca_cert: Option<PathBuf>,
+    ) -> Result<Self, ClientError> {
+        let nested = data_dir.join(api.subdir);
+        Self::resolve_in(url, token, &[data_dir, &nested], api.file, ca_cert).ok_or(
+            ClientError::NoToken {
+                what: api.what,
+                env: api.env,
+                file: api.file,
+            },
         )
-        .ok_or(missing)
     }
 
     /// The first of `dirs` holding `token_file` (or the explicit token) gives the token, and

@@ -66,6 +66,8 @@ pub struct DmsConfig {
     /// PEM certificate chain; with `tls_key`. Default: generated into `data_dir/tls/`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// More names for a generated certificate, beside localhost and the public URL's host.
+    pub tls_names: Vec<String>,
     /// Accept `syncml:auth-basic` from devices provisioned with it.
     pub allow_basic_auth: bool,
     /// A session idle this long is dropped (its job resumes in the next session).
@@ -157,6 +159,7 @@ impl Default for DmsConfig {
             server_id: "scomo-ads-dms".into(),
             tls_cert: None,
             tls_key: None,
+            tls_names: Vec::new(),
             allow_basic_auth: false,
             session_timeout_secs: 120,
             renotify_secs: 60,
@@ -207,6 +210,9 @@ pub struct AdsConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key; with `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// More names for a generated certificate, beside localhost and the public URL's host
+    /// (the names peers reach the node by, e.g. `ads` in a compose network).
+    pub tls_names: Vec<String>,
     /// Memory budget of the chunk cache, in bytes.
     pub cache_bytes: u64,
     /// Chunk size of the cache and of body frames, in bytes.
@@ -313,6 +319,7 @@ impl Default for AdsConfig {
             public_url: None,
             tls_cert: None,
             tls_key: None,
+            tls_names: Vec::new(),
             cache_bytes: 256 << 20,
             chunk_bytes: 128 << 10,
             max_upload_bytes: 8 << 30,
@@ -353,7 +360,19 @@ impl Default for AdsConfig {
     }
 }
 
+/// The host of `public_url`, then `extra`: the names a generated certificate adds.
+fn certificate_names(public_url: Option<&str>, extra: &[String]) -> Vec<String> {
+    let host = public_url.and_then(crate::net::tls::url_host);
+    host.into_iter().chain(extra.iter().cloned()).collect()
+}
+
 impl DmsConfig {
+    /// What a generated certificate names beside localhost: the public DM URL's host and
+    /// `tls_names`.
+    pub fn certificate_names(&self) -> Vec<String> {
+        certificate_names(self.public_url.as_deref(), &self.tls_names)
+    }
+
     /// Checks values that would make the DMS misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -405,6 +424,12 @@ impl AdsConfig {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return bad("public_url must start with https:// or http://");
             }
+            let unspecified = crate::net::tls::url_host(url)
+                .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_unspecified());
+            if unspecified {
+                return bad("public_url names 0.0.0.0 or [::], which no device can reach: give the address devices use");
+            }
         }
         if self.sweep_interval_secs == 0 || self.callback_concurrency == 0 {
             return bad("sweep_interval_secs and callback_concurrency must be at least 1");
@@ -417,6 +442,12 @@ impl AdsConfig {
 }
 
 impl AdsConfig {
+    /// What a generated certificate names beside localhost: the public URL's host and
+    /// `tls_names`.
+    pub fn certificate_names(&self) -> Vec<String> {
+        certificate_names(self.public_url.as_deref(), &self.tls_names)
+    }
+
     /// The node's configuration for `serve` / `up`: the file named by `--config` over the
     /// defaults, then the flags (which clap already merged with their environment
     /// variables), then the secrets from the environment.

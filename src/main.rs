@@ -165,6 +165,11 @@ async fn run(cli: Cli, demo_log: Option<std::path::PathBuf>) -> anyhow::Result<(
         Command::Callbacks(a) => answer(manage::callbacks(&a.action, &a.admin).await?, &a.output),
         Command::Jobs(a) => answer(manage::jobs(&a.action, &a.emi).await?, &a.output),
         Command::Devices(a) => answer(manage::devices(&a.action, &a.emi).await?, &a.output),
+        Command::Health(h) => {
+            manage::health(&h).await?;
+            say!("ok");
+            Ok(())
+        }
     }
 }
 
@@ -204,7 +209,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn print_ads(node: &scomo_ads::ads::AdsHandle) {
-    say!("ADS download  {}", node.public_url);
+    if node.mints {
+        say!("ADS download  {}", node.public_url);
+    } else {
+        say!(
+            "ADS download  {} (no public URL: set --public-url or SCOMO_ADS_PUBLIC_URL to mint URLs)",
+            node.public_url
+        );
+    }
     say!("ADS admin     {}", node.admin_url);
     if let Some(h) = node.http_addr {
         say!("ADS plain     http://{h}");

@@ -25,6 +25,8 @@ pub enum ManageError {
     Client(#[from] ClientError),
     #[error("--context must be JSON: {0}")]
     BadContext(serde_json::Error),
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
 }
 
 /// A client for the ADS admin API the flags name (token from `SCOMO_ADS_ADMIN_TOKEN`, else
@@ -346,6 +348,32 @@ pub async fn devices(action: &DevicesAction, emi: &EmiArgs) -> Result<Answer, Ma
             )
         }
     })
+}
+
+/// `scomo-ads health`: the node at `url` answers 200 `ok` within the timeout. The CA is
+/// the one given, else the data directory's generated certificate, else the system's roots.
+pub async fn health(h: &crate::cli::HealthArgs) -> Result<(), ManageError> {
+    let ca = h.cacert.clone().or_else(|| {
+        let p = h.data.join("tls/cert.pem");
+        p.exists().then_some(p)
+    });
+    let http = crate::net::tls::trust(reqwest::Client::builder().use_rustls_tls(), ca.as_slice())
+        .map_err(ClientError::from)?
+        .timeout(std::time::Duration::from_secs(h.timeout_secs.max(1)))
+        .build()
+        .map_err(ClientError::from)?;
+    let resp = http.get(&h.url).send().await.map_err(ClientError::from)?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    if status == 200 && body.trim() == "ok" {
+        Ok(())
+    } else {
+        Err(ManageError::Unhealthy(format!(
+            "{} answered {status}: {}",
+            h.url,
+            body.trim()
+        )))
+    }
 }
 
 /// The body of `mint`'s `POST /v1/tickets` from its flags.

@@ -23,7 +23,20 @@ pub enum StackError {
     Secret(#[from] crate::secrets::SecretError),
 }
 
-/// Starts the ADS under `root/ads` and the DMS under `root/dms`, the DMS using the ADS.
+/// Where the ADS of a stack keeps its data: `root` itself, the layout of `serve --data root`,
+/// so a node started with `serve` and later with `up` (or the other way round) is the same
+/// node. A data directory from before, with the ADS under `root/ads`, keeps that.
+pub fn ads_dir(root: &Path) -> std::path::PathBuf {
+    let legacy = root.join("ads");
+    if legacy.join("ads.sqlite3").exists() {
+        legacy
+    } else {
+        root.to_path_buf()
+    }
+}
+
+/// Starts the ADS in [`ads_dir`] (`root`, as `serve` lays it out) and the DMS under
+/// `root/dms`, the DMS using the ADS.
 /// `ads` and `dms` carry everything else (listen addresses, secrets from the environment).
 pub async fn start(
     root: &Path,
@@ -31,16 +44,17 @@ pub async fn start(
     mut dms: DmsConfig,
     shutdown: CancellationToken,
 ) -> Result<(AdsHandle, DmsHandle), StackError> {
-    let ads_dir = root.join("ads");
+    let ads_dir = ads_dir(root);
     let dms_dir = root.join("dms");
     std::fs::create_dir_all(&dms_dir).map_err(|source| DmsError::DataDir {
         path: dms_dir.clone(),
         source,
     })?;
-    let dms_tls = crate::net::tls::load_or_generate(
+    let dms_tls = crate::net::tls::load_or_generate_for(
         &dms_dir,
         dms.tls_cert.as_deref(),
         dms.tls_key.as_deref(),
+        &dms.certificate_names(),
     )?;
     ads.data_dir = ads_dir.clone();
     // The DMS verifies callbacks with the node's secret file: a secret given through the

@@ -131,6 +131,9 @@ impl From<TicketError> for ApiError {
             TicketError::AlreadyEnded(_) => {
                 ApiError::new(StatusCode::CONFLICT, "already_ended", e.to_string())
             }
+            TicketError::NoPublicUrl => {
+                ApiError::new(StatusCode::CONFLICT, "no_public_url", e.to_string())
+            }
             TicketError::Store(s) => s.into(),
             TicketError::Corrupt(c) => {
                 tracing::error!(error = %c, "corrupt component metadata");

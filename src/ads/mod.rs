@@ -83,6 +83,8 @@ pub struct AdsState {
 
 /// A running node: its bound addresses and how to stop it.
 pub struct AdsHandle {
+    /// Whether URLs can be minted (a public URL is known; see [`tickets::TicketPolicy`]).
+    pub mints: bool,
     pub download_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
@@ -152,8 +154,12 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         _ => secrets::load_or_create(&dir.join("admin.token"), secrets::random_hex32)?,
     };
     let keyring = load_keyring(&dir)?;
-    let identity =
-        tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+    let identity = tls::load_or_generate_for(
+        &dir,
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        &config.certificate_names(),
+    )?;
     let tls_config = identity.config.clone();
     let admin_tls = match &config.admin_client_ca {
         Some(ca) => identity.requiring_clients_of(ca)?,
@@ -173,8 +179,13 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         .as_ref()
         .zip(config.http_listen)
         .map(|(l, a)| local_addr(l, a));
-    let public_url = config
-        .public_url
+    // Minted URLs name what devices reach: the configured public URL, else the listener's
+    // own address, unless that is 0.0.0.0 / [::] (then minting is refused until one is given).
+    let minting_url = minting_url(config.public_url.as_deref(), download_addr);
+    if minting_url.is_none() {
+        tracing::warn!(%download_addr, "no public URL for an unspecified listen address: minting is refused; set --public-url (SCOMO_ADS_PUBLIC_URL)");
+    }
+    let public_url = minting_url
         .clone()
         .unwrap_or_else(|| format!("https://{download_addr}"));
 
@@ -199,7 +210,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
         store.clone(),
         keyring.clone(),
         tickets::TicketPolicy {
-            public_url: public_url.clone(),
+            public_url: minting_url.clone(),
             node: config
                 .node_name
                 .clone()
@@ -326,6 +337,7 @@ pub async fn start(config: AdsConfig, shutdown: CancellationToken) -> Result<Ads
     ));
     tracing::info!(%download_addr, %admin_addr, http_addr = http_addr.map(tracing::field::display), %public_url, "ADS node started");
     Ok(AdsHandle {
+        mints: minting_url.is_some(),
         download_addr,
         admin_addr,
         http_addr,
@@ -402,6 +414,39 @@ fn callback_client(cas: &[PathBuf]) -> Result<reqwest::Client, AdsError> {
     Ok(b.build()?)
 }
 
+/// The base of minted URLs: the configured public URL, else the HTTPS listener's address
+/// unless that is unspecified (0.0.0.0, [::]): no device can reach that, so none.
+fn minting_url(public_url: Option<&str>, download_addr: SocketAddr) -> Option<String> {
+    match public_url {
+        Some(u) => Some(u.to_string()),
+        None if download_addr.ip().is_unspecified() => None,
+        None => Some(format!("https://{download_addr}")),
+    }
+}
+
 fn local_addr(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     l.local_addr().unwrap_or(fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn minted_urls_never_name_an_unspecified_address() {
+        let any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let any6: SocketAddr = "[::]:8443".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert_eq!(minting_url(None, any), None);
+        assert_eq!(minting_url(None, any6), None);
+        assert_eq!(
+            minting_url(None, local).as_deref(),
+            Some("https://127.0.0.1:8443")
+        );
+        assert_eq!(
+            minting_url(Some("https://edge.example:443"), any).as_deref(),
+            Some("https://edge.example:443")
+        );
+    }
 }

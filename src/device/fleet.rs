@@ -82,25 +82,37 @@ async fn provision(
     cfg: &DeviceConfig,
     notify: &str,
 ) -> Result<(), DeviceError> {
-    let r = http
-        .put(format!(
-            "{}/v1/devices/{}",
-            api.trim_end_matches('/'),
-            cfg.id
-        ))
-        .bearer_auth(token)
-        .json(&serde_json::json!({
-            "password": cfg.password,
-            "server_password": cfg.server_password,
-            "notify_url": notify,
-            "auth": cfg.auth,
-        }))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        return Err(DeviceError::HttpStatus(r.status().as_u16()));
+    // A fleet provisioning itself meets the EMI API's request rate: a 429 is waited out as
+    // its Retry-After says, a few times, like every other call the device makes.
+    let mut attempts = 0;
+    loop {
+        let r = http
+            .put(format!(
+                "{}/v1/devices/{}",
+                api.trim_end_matches('/'),
+                cfg.id
+            ))
+            .bearer_auth(token)
+            .json(&serde_json::json!({
+                "password": cfg.password,
+                "server_password": cfg.server_password,
+                "notify_url": notify,
+                "auth": cfg.auth,
+            }))
+            .send()
+            .await?;
+        if r.status().is_success() {
+            return Ok(());
+        }
+        match crate::device::retry_wait(&r) {
+            Some(wait) if attempts < 5 => {
+                attempts += 1;
+                tracing::info!(device = %cfg.id, wait_secs = wait.as_secs(), "the EMI API asked us to slow down");
+                tokio::time::sleep(wait).await;
+            }
+            _ => return Err(DeviceError::HttpStatus(r.status().as_u16())),
+        }
     }
-    Ok(())
 }
 
 /// Starts the agents, runs their requests concurrently, and returns the summary; the agents

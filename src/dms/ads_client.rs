@@ -39,6 +39,9 @@ pub enum AdsClientError {
     BadSecret(String),
 }
 
+/// Failed health checks in a row that make a node unhealthy.
+pub const UNHEALTHY_AFTER: u32 = 3;
+
 /// One node.
 pub struct AdsNode {
     pub name: String,
@@ -46,6 +49,8 @@ pub struct AdsNode {
     token: String,
     pub weight: u32,
     pub healthy: AtomicBool,
+    /// Health checks failed in a row; the node is unhealthy from [`UNHEALTHY_AFTER`] on.
+    failed_checks: std::sync::atomic::AtomicU32,
     signer: Signer,
     http: reqwest::Client,
 }
@@ -94,6 +99,7 @@ impl AdsNode {
             token: read(&cfg.admin_token_file)?,
             weight: cfg.weight.max(1),
             healthy: AtomicBool::new(true),
+            failed_checks: std::sync::atomic::AtomicU32::new(0),
             signer,
             http,
         })
@@ -123,16 +129,33 @@ impl AdsNode {
         })
     }
 
-    /// Checks `/healthz` and records the outcome.
-    pub async fn probe(&self) -> bool {
-        let ok = matches!(
+    /// Whether the node's `/healthz` answers with success now (nothing recorded).
+    pub async fn answers_health(&self) -> bool {
+        matches!(
             self.http
                 .get(format!("{}/healthz", self.admin_url))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await,
             Ok(r) if r.status().is_success()
-        );
+        )
+    }
+
+    /// Checks `/healthz` and records the outcome: a node is unhealthy after
+    /// [`UNHEALTHY_AFTER`] failed checks in a row (a node busy under load may miss one
+    /// answer; that must not divert its jobs), healthy again at the first success. Returns
+    /// the node's health after the check.
+    pub async fn probe(&self) -> bool {
+        let ok = if self.answers_health().await {
+            self.failed_checks.store(0, Ordering::Relaxed);
+            true
+        } else {
+            let failed = self.failed_checks.fetch_add(1, Ordering::Relaxed) + 1;
+            if failed < UNHEALTHY_AFTER {
+                tracing::info!(node = %self.name, failed, "ADS node missed a health check");
+            }
+            failed < UNHEALTHY_AFTER && self.healthy.load(Ordering::Relaxed)
+        };
         let was = self.healthy.swap(ok, Ordering::Relaxed);
         if was != ok {
             tracing::warn!(node = %self.name, healthy = ok, "ADS node health changed");
@@ -289,5 +312,63 @@ impl AdsPool {
                 _ = tokio::time::sleep(every) => {},
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A node that misses a health check or two under load stays in the pool; three misses
+    /// in a row take it out, and one answer brings it back.
+    #[tokio::test]
+    async fn a_node_is_unhealthy_only_after_consecutive_failed_checks() {
+        let answering = Arc::new(AtomicBool::new(true));
+        let a = answering.clone();
+        let app = axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(move || {
+                let a = a.clone();
+                async move {
+                    if a.load(Ordering::Relaxed) {
+                        (axum::http::StatusCode::OK, "ok")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t").unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            crate::webhook::sign::generate_secret(),
+        )
+        .unwrap();
+        let node = AdsNode::new(&AdsNodeConfig {
+            name: "n".into(),
+            admin_url: format!("http://{addr}"),
+            admin_token_file: dir.path().join("token"),
+            callback_secret_file: dir.path().join("secret"),
+            ca_cert: None,
+            client_identity: None,
+            weight: 1,
+        })
+        .unwrap();
+        assert!(node.probe().await);
+        answering.store(false, Ordering::Relaxed);
+        assert!(node.probe().await, "one miss");
+        assert!(node.probe().await, "two misses");
+        assert!(!node.probe().await, "three in a row");
+        assert!(!node.healthy.load(Ordering::Relaxed));
+        answering.store(true, Ordering::Relaxed);
+        assert!(node.probe().await, "back at the first answer");
+        answering.store(false, Ordering::Relaxed);
+        assert!(node.probe().await, "the count started over");
     }
 }

@@ -113,8 +113,12 @@ pub async fn start(config: DmsConfig, shutdown: CancellationToken) -> Result<Dms
         _ => secrets::load_or_create(&dir.join("emi.secret"), webhook::sign::generate_secret)?.0,
     };
     let signer = webhook::sign::Signer::from_secrets(&emi_secret)?;
-    let identity =
-        tls::load_or_generate(&dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+    let identity = tls::load_or_generate_for(
+        &dir,
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        &config.certificate_names(),
+    )?;
     let tls_config = identity.config.clone();
     let store = store::DmsStore::open(&dir)?;
 

@@ -214,9 +214,20 @@ pub fn load_or_generate(
     cert: Option<&Path>,
     key: Option<&Path>,
 ) -> Result<TlsIdentity, TlsError> {
+    load_or_generate_for(data_dir, cert, key, &[])
+}
+
+/// [`load_or_generate`], a generated certificate also naming `names` (host names or IP
+/// addresses: the host of the public URL, the names peers use in a compose network).
+pub fn load_or_generate_for(
+    data_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    names: &[String],
+) -> Result<TlsIdentity, TlsError> {
     let (cert_path, key_path) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
-        (None, None) => generate_if_missing(data_dir)?,
+        (None, None) => generate_if_missing(data_dir, names)?,
         _ => return Err(TlsError::HalfConfigured),
     };
     let cert = Arc::new(ReloadingCert::load(&cert_path, &key_path)?);
@@ -227,18 +238,40 @@ pub fn load_or_generate(
     })
 }
 
-fn generate_if_missing(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+/// The host of `url` (`https://ads.example:8443/x` → `ads.example`; IPv6 without brackets),
+/// for a generated certificate to name.
+pub fn url_host(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
+fn generate_if_missing(data_dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
     let dir = data_dir.join("tls");
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    let generated = rcgen::generate_simple_self_signed(vec![
+    let mut sans = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
-    ])?;
+    ];
+    for n in names {
+        // An unspecified address names no host a client could check.
+        let unspecified = n
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if !n.is_empty() && !unspecified && !sans.contains(n) {
+            sans.push(n.clone());
+        }
+    }
+    let generated = rcgen::generate_simple_self_signed(sans)?;
     // Key first, so a crash in between leaves no certificate without its key.
     secrets::write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
     secrets::write_public(&cert_path, generated.cert.pem().as_bytes())?;

@@ -574,9 +574,9 @@ async fn tickets_are_listed_newest_first_filtered_and_paged() {
     want.reverse();
     assert_eq!(seen, want);
     let (_, v) = list("state=revoked").await;
-    assert_eq!(ids(&v), [revoked.clone()]);
+    assert_eq!(ids(&v), std::slice::from_ref(revoked));
     let (_, v) = list("state=completed").await;
-    assert_eq!(ids(&v), [done.id.clone()]);
+    assert_eq!(ids(&v), std::slice::from_ref(&done.id));
     assert_eq!(v["items"][0]["bytes_delivered"], 20_000);
     // Past its expiry, a ticket lists as expired before the sweeper ended it.
     let (_, v) = list("state=expired").await;

@@ -236,6 +236,10 @@ async fn callback_urls_are_validated_at_minting() {
     }
 }
 
+#[cfg_attr(
+    not(tool_standardwebhooks),
+    ignore = "needs the standardwebhooks Python package (.ci/run installs it)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standardwebhooks_library_verifies_our_callbacks() {
     if !tool_available(&["python3", "-c", "import standardwebhooks"]) {

@@ -96,3 +96,35 @@ async fn a_fleet_of_devices_asks_a_dms_process_for_a_component() {
     let _ = dms.kill();
     let _ = dms.wait();
 }
+
+/// A fleet provisioning itself faster than the EMI API's request rate waits out each 429 as
+/// its Retry-After says, instead of failing devices on the API's own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_honours_retry_after_from_the_emi_api() {
+    let dms = start_dms_with(|c| {
+        c.api_limits.requests_per_sec = 1;
+        c.api_limits.burst = 1;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = device_config(&dms, "IMEI:880", dir.path(), Default::default());
+    base.state_path = dir.path().join("state.json");
+    let cfg = scomo_ads::device::fleet::FleetConfig {
+        base,
+        count: 3,
+        notify_listen: "127.0.0.1:0".parse().unwrap(),
+        provision: Some((dms.handle.api_url.clone(), dms.handle.api_token.clone())),
+        request: None,
+        inventory_first: false,
+        delivery: None,
+    };
+    let (_, agents) = scomo_ads::device::fleet::run(cfg, dms.shutdown.clone())
+        .await
+        .expect("every device provisioned despite the 429s");
+    assert_eq!(agents.len(), 3);
+    let conn = rusqlite::Connection::open(dms.dir.path().join("dms.sqlite3")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3);
+}

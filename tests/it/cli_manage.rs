@@ -24,6 +24,17 @@ async fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `extra` followed by the flags naming the API (`--admin-url URL --data DIR`, ...).
+fn argv(extra: &[&str], flags: &[&str]) -> Vec<String> {
+    extra.iter().chain(flags).map(|s| s.to_string()).collect()
+}
+
+/// Runs `args`, expecting success and JSON on stdout.
+async fn run(args: Vec<String>) -> serde_json::Value {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    json_of(&refs).await
+}
+
 async fn json_of(args: &[&str]) -> serde_json::Value {
     let (ok, out, err) = cli(args).await;
     assert!(ok, "{args:?}: {out}\n{err}");
@@ -38,20 +49,8 @@ async fn tickets_components_and_callbacks_from_the_command_line() {
     let data = dir.path().to_str().unwrap().to_string();
     let file = dir.path().join("fw.bin");
     std::fs::write(&file, pattern(30_000, 5)).unwrap();
-    let a = |extra: &[&str]| {
-        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend([
-            "--admin-url".into(),
-            admin.clone(),
-            "--data".into(),
-            data.clone(),
-        ]);
-        v
-    };
-    let run = |args: Vec<String>| async move {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        json_of(&refs).await
-    };
+    let flags = ["--admin-url", admin.as_str(), "--data", data.as_str()];
+    let a = |extra: &[&str]| argv(extra, &flags);
     let meta = run(a(&[
         "publish",
         file.to_str().unwrap(),
@@ -165,20 +164,8 @@ async fn devices_and_jobs_from_the_command_line() {
     std::os::unix::fs::symlink(dms.dir.path(), up_like.path().join("dms")).unwrap();
     let api = dms.handle.api_url.clone();
     let data = up_like.path().to_str().unwrap().to_string();
-    let e = |extra: &[&str]| {
-        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend([
-            "--api-url".into(),
-            api.clone(),
-            "--data".into(),
-            data.clone(),
-        ]);
-        v
-    };
-    let run = |args: Vec<String>| async move {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        json_of(&refs).await
-    };
+    let flags = ["--api-url", api.as_str(), "--data", data.as_str()];
+    let e = |extra: &[&str]| argv(extra, &flags);
     let d = run(e(&[
         "devices",
         "provision",

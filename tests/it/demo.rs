@@ -122,12 +122,12 @@ async fn up_serves_the_ads_and_the_dms_together() {
     let data = dir.path().join("data");
     // The ADS signs with the secret from the environment, and the DMS verifies with it.
     assert_eq!(
-        std::fs::read_to_string(data.join("ads/callback.secret")).unwrap(),
+        std::fs::read_to_string(data.join("callback.secret")).unwrap(),
         UP_SECRET
     );
     for (url, cert) in [
         (api, data.join("dms/tls/cert.pem")),
-        (admin, data.join("ads/tls/cert.pem")),
+        (admin, data.join("tls/cert.pem")),
     ] {
         let r = client(&cert)
             .get(format!("{url}/healthz"))
@@ -161,9 +161,9 @@ fn no_secret_reaches_the_logs_of_a_full_demo_run() {
         "debug logging produced too little to prove anything"
     );
     for f in [
-        "ads/admin.token",
-        "ads/mac.key",
-        "ads/callback.secret",
+        "admin.token",
+        "mac.key",
+        "callback.secret",
         "dms/api.token",
         "dms/emi.secret",
     ] {
@@ -175,10 +175,75 @@ fn no_secret_reaches_the_logs_of_a_full_demo_run() {
             assert!(!logs.contains(needle), "{f} appears in the logs");
         }
     }
-    let key = std::fs::read_to_string(dir.path().join("ads/tls/key.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.path().join("tls/key.pem")).unwrap();
     let body = key.lines().nth(1).unwrap();
     assert!(
         !logs.contains(body),
         "the TLS private key appears in the logs"
     );
+}
+
+/// `serve --data DIR` and `up --data DIR` lay the ADS out the same way (the DMS goes to
+/// `DIR/dms`): a node first run with `serve` is the same node under `up`, its components and
+/// admin token kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_up_share_one_data_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let published = {
+        let node = Proc::spawn(&data, &[]);
+        let file = dir.path().join("c.bin");
+        std::fs::write(&file, pattern(5_000, 4)).unwrap();
+        let meta = node
+            .admin_client()
+            .publish(&file, "kept", "1", |_, _| {})
+            .await
+            .unwrap();
+        meta.id
+    };
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let cfg = dir.path().join("up.toml");
+    std::fs::write(
+        &cfg,
+        "[ads]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[dms]\nlisten = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .arg("up")
+        .arg("--data")
+        .arg(&data)
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("SCOMO_ADS_ADMIN_TOKEN")
+        .env_remove("SCOMO_DMS_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let l = lines.next().expect("a ready line").unwrap();
+        if let Some(j) = l.strip_prefix("ready ") {
+            break serde_json::from_str::<serde_json::Value>(j).unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let r = client(&data.join("tls/cert.pem"))
+        .get(format!(
+            "https://{}/v1/components/{published}",
+            ready["admin"].as_str().unwrap()
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "up serves the node serve made");
+    assert!(
+        data.join("dms/api.token").exists(),
+        "the DMS beside it, in DIR/dms"
+    );
+    assert!(!data.join("ads").exists());
+    let _ = child.kill();
+    let _ = child.wait();
 }

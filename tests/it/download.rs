@@ -266,6 +266,7 @@ async fn interrupted_download_resumes_to_identical_bytes() {
     assert!(got == data);
 }
 
+#[cfg_attr(not(tool_curl), ignore = "needs curl (.ci/run installs it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_resumes_a_partial_file() {
     if !tool_available(&["curl", "--version"]) {

@@ -526,15 +526,17 @@ async fn the_admin_api_can_require_client_certificates_from_the_dms() {
         scomo_ads::dms::ads_client::AdsNode::new(&cfg).unwrap()
     };
     assert!(
-        with_identity(Some(&dms_identity)).probe().await,
+        with_identity(Some(&dms_identity)).answers_health().await,
         "our DMS gets in"
     );
     assert!(
-        !with_identity(None).probe().await,
+        !with_identity(None).answers_health().await,
         "no client certificate, no admin API"
     );
     assert!(
-        !with_identity(Some(&stranger_identity)).probe().await,
+        !with_identity(Some(&stranger_identity))
+            .answers_health()
+            .await,
         "a certificate from another CA is refused"
     );
     // Even the right bearer token does not help without the certificate.

@@ -13,6 +13,7 @@ mod callbacks;
 mod cli_dms_device;
 mod cli_manage;
 mod connections;
+mod container;
 mod delivery;
 mod demo;
 mod dlota;

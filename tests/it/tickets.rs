@@ -108,6 +108,7 @@ async fn consumed_after_four_parallel_overlapping_ranges_over_h2() {
     assert_eq!(c.get(&url).send().await.unwrap().status(), StatusCode::GONE);
 }
 
+#[cfg_attr(not(tool_aria2c), ignore = "needs aria2c (.ci/run installs it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aria2c_with_four_connections_consumes_the_ticket() {
     if !tool_available(&["aria2c", "--version"]) {

@@ -171,6 +171,10 @@ fn messages() -> Vec<Message> {
     out
 }
 
+#[cfg_attr(
+    not(tool_libwbxml),
+    ignore = "needs libwbxml2-utils' xml2wbxml and wbxml2xml (.ci/run installs them)"
+)]
 #[test]
 fn our_wbxml_is_our_xml_to_libwbxml_and_theirs_decodes_to_the_same_message() {
     if !tools() {
@@ -274,6 +278,10 @@ async fn every_flow_runs_in_wbxml() {
 
 /// Every message of real WBXML sessions (both directions), captured between the agent and the
 /// DMS, reads the same through libwbxml as through our codec.
+#[cfg_attr(
+    not(tool_libwbxml),
+    ignore = "needs libwbxml2-utils' xml2wbxml and wbxml2xml (.ci/run installs them)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_of_a_wbxml_session_reads_the_same_through_libwbxml() {
     if !tools() {

@@ -68,7 +68,11 @@ impl DownloadPlane {
             }
         };
         let policy = self.tickets.policy();
-        let base = policy.public_url.trim_end_matches('/');
+        let base = policy
+            .public_url
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/');
         let dd = Descriptor {
             dd_version: Some(dlota::DD_VERSION.into()),
             name: Some(meta.name.clone()),

@@ -47,6 +47,11 @@ pub enum TicketError {
     CallbackHostNotAllowed(String),
     #[error("the ticket is already {0}")]
     AlreadyEnded(TicketState),
+    #[error(
+        "this node listens on an unspecified address and has no public URL, so a minted URL \
+         would name no reachable host: start it with --public-url (SCOMO_ADS_PUBLIC_URL)"
+    )]
+    NoPublicUrl,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -628,7 +633,10 @@ pub struct Minted {
 /// Settings of the ticket service.
 #[derive(Clone, Debug)]
 pub struct TicketPolicy {
-    pub public_url: String,
+    /// Scheme, host and port of minted URLs; `None` when the node listens on an unspecified
+    /// address (0.0.0.0) and was given none: it then refuses to mint, since no device could
+    /// reach `https://0.0.0.0:8443`.
+    pub public_url: Option<String>,
     pub node: String,
     pub default_ttl: u64,
     pub max_ttl: u64,
@@ -761,6 +769,11 @@ impl Tickets {
     /// Mints a ticket and its URL; returns once the ticket is durable.
     pub async fn mint(&self, req: MintRequest, now: u64) -> Result<Minted, TicketError> {
         let policy = &self.inner.policy;
+        // Refused before anything is stored: a URL nobody can reach is no ticket.
+        let base = policy
+            .public_url
+            .as_deref()
+            .ok_or(TicketError::NoPublicUrl)?;
         let ttl = req.ttl_secs.unwrap_or(policy.default_ttl);
         if ttl == 0 || ttl > policy.max_ttl {
             return Err(TicketError::BadTtl {
@@ -869,7 +882,7 @@ impl Tickets {
             .tickets_minted
             .fetch_add(1, Ordering::Relaxed);
         let token = self.inner.keyring.mint(id, expires_at as u32);
-        let base = policy.public_url.trim_end_matches('/');
+        let base = base.trim_end_matches('/');
         let object_url = format!("{base}/d/{token}");
         Ok(Minted {
             id: id.to_hex(),

@@ -91,19 +91,17 @@ impl Agent {
                 .await?;
             // 429 means the server refused the message before reading it (rate limit or auth
             // backoff): the same message, same MsgID, is still the right one to send.
-            if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || attempts == 3 {
-                break resp;
-            }
+            let wait = match crate::device::retry_wait(&resp) {
+                Some(w)
+                    if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS && attempts < 3 =>
+                {
+                    w
+                }
+                _ => break resp,
+            };
             attempts += 1;
-            let wait = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1)
-                .min(30);
-            tracing::info!(wait_secs = wait, "the DMS asked us to slow down");
-            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            tracing::info!(wait_secs = wait.as_secs(), "the DMS asked us to slow down");
+            tokio::time::sleep(wait).await;
         };
         if !resp.status().is_success() {
             return Err(DeviceError::HttpStatus(resp.status().as_u16()));
