@@ -258,3 +258,81 @@ fn json_logs_are_one_object_per_line() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The variables the management commands, `health` and the log format document, each read:
+/// the same calls as above with the flags left out and the environment saying it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_environment_replaces_the_flags() {
+    let dms = start_dms().await;
+    let out = tokio::process::Command::new(bin())
+        .args(["devices", "list"])
+        .env("SCOMO_DMS_API_URL", &dms.handle.api_url)
+        .env("SCOMO_DMS_API_TOKEN", &dms.handle.api_token)
+        // The data directory only for the certificate: the token came from the environment.
+        .env("SCOMO_DMS_DATA", dms.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["items"].is_array(), "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let node = Proc::spawn(dir.path(), &[]);
+    let other = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(bin())
+        .args(["tickets", "list", "--cacert"])
+        .arg(node.cert())
+        .env("SCOMO_ADS_ADMIN_URL", format!("https://{}", node.admin))
+        .env("SCOMO_ADS_ADMIN_TOKEN", node.token())
+        // A data directory with no token: the environment's is the one used.
+        .env("SCOMO_ADS_DATA", other.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::process::Command::new(bin())
+        .arg("health")
+        .env(
+            "SCOMO_HEALTH_URL",
+            format!("https://{}/healthz", node.admin),
+        )
+        .env("SCOMO_HEALTH_CACERT", node.cert())
+        .env("SCOMO_ADS_DATA", other.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SCOMO_LOG_FORMAT: a command's log lines as JSON.
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "health",
+            "--timeout-secs",
+            "1",
+            "--url",
+            "https://127.0.0.1:9/healthz",
+        ])
+        .env("SCOMO_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!logs.is_empty(), "no JSON log line: {stderr}");
+    for l in logs {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+}
