@@ -264,77 +264,9 @@ async fn dms(args: DmsArgs) -> anyhow::Result<()> {
 }
 
 async fn device(args: DeviceArgs) -> anyhow::Result<()> {
-    use scomo_ads::device::fleet::{self, FleetConfig, Request};
-    let base = scomo_ads::device::DeviceConfig {
-        id: args.id.clone(),
-        password: args.password.clone(),
-        server_id: args.server_id.clone(),
-        server_password: args.server_password.clone(),
-        auth: "md5".into(),
-        dms_url: args.dms_url.clone(),
-        ca_certs: args.cacert.clone(),
-        state_path: args.state.clone(),
-        info: scomo_ads::syncml::tree::DevInfo {
-            dev_id: args.id.clone(),
-            man: args.man.clone(),
-            model: args.model.clone(),
-            dm_v: "1.2".into(),
-            lang: "en".into(),
-        },
-        detail: scomo_ads::syncml::tree::DevDetail {
-            dev_typ: "simulated".into(),
-            oem: args.man.clone(),
-            fw_v: args.fw_version.clone(),
-            sw_v: env!("CARGO_PKG_VERSION").into(),
-            hw_v: "sim".into(),
-            lrg_obj: true,
-        },
-        max_msg_size: args.max_msg_size,
-        max_obj_size: args.max_obj_size,
-        faults: scomo_ads::device::Faults {
-            fail_install: args.fail_install,
-            corrupt_delivered: args.corrupt_delivered,
-            drop_after_messages: args.drop_after,
-            drop_sessions: args.drop_sessions,
-            interrupt_downloads: args.interrupt_downloads,
-            refuse_adds: false,
-            cancel_downloads: args.cancel_downloads,
-        },
-        encoding: scomo_ads::syncml::Encoding::parse(&args.encoding)
-            .context("--encoding takes xml or wbxml")?,
-        dlota: args.dlota,
-        strict: scomo_ads::device::Strict {
-            require_server_auth: args.require_server_auth,
-            doctype: args.doctype,
-            empty_first_nonce: args.empty_first_nonce,
-            username: args.username.clone(),
-            refuse_list: args.refuse_list,
-            strict_writes: args.strict_writes,
-        },
-    };
-    let request = match (&args.request, &args.request_op) {
-        (Some(c), _) => Some(Request::Component(c.clone())),
-        (None, Some(op)) => {
-            let (o, c) = op
-                .split_once(':')
-                .context("--request-op takes OPERATION:COMPONENT, e.g. install:fw")?;
-            Some(Request::Operation(o.to_string(), c.to_string()))
-        }
-        (None, None) => None,
-    };
-    if args.api_url.is_some() && args.api_token.is_none() {
-        anyhow::bail!("--api-url needs --api-token or SCOMO_DMS_API_TOKEN");
-    }
+    use scomo_ads::device::fleet::{self, FleetConfig};
+    let cfg = FleetConfig::from_args(&args)?;
     let shutdown = scomo_ads::net::listener::shutdown_on_signals();
-    let cfg = FleetConfig {
-        base,
-        count: args.fleet.unwrap_or(1).max(1),
-        notify_listen: args.notify_listen,
-        provision: args.api_url.clone().zip(args.api_token.clone()),
-        request,
-        inventory_first: args.inventory_first,
-        delivery: args.delivery.clone(),
-    };
     let has_request = cfg.request.is_some();
     let (report, _agents) = fleet::run(cfg, shutdown.clone()).await?;
     if has_request {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{DmsArgs, ServeArgs};
 
+mod device;
+
 pub use crate::net::guard::EndpointLimits;
 
 /// A config error with the file it came from.
