@@ -5,7 +5,7 @@
 //! - [`ads`]: the download node. `ads::download` is the hot path (`GET|HEAD /d/{token}`:
 //!   token check, ticket lookup, RFC 9110 ranges, streamed body from the chunk cache);
 //!   `ads::admin` the admin API (components, tickets, metrics); `ads::store` SQLite and the
-//!   content-addressed object files; `ads::content` streamed, hash-verified ingest;
+//!   content-addressed object files; `ads::content` the ingest (over [`content`]);
 //!   `ads::token` the self-authenticating URL token; `ads::tickets` minting and lookup;
 //!   `ads::cache` the moka chunk cache.
 //! - [`syncml`]: SyncML DM 1.2 wire vocabulary (messages, XML and WBXML codecs, auth, package
@@ -23,6 +23,8 @@
 //!   they print for a person.
 //! - [`stack`]: ADS + DMS wired together in one process (`up`, `demo`).
 //! - [`demo`]: every flow on loopback, checked against the seed steps, as a table.
+//! - [`content`]: streamed, hash-verified upload receipt (temp file, BLAKE3 + SHA-256, limits),
+//!   shared by the ADS's component store and the DMS's catalog.
 //! - [`config`]: the one configuration tree (defaults < TOML < env < flags).
 //! - [`sqlite`]: the one way SQLite is opened (WAL, busy timeout, durability by name).
 //! - [`webhook`]: Standard Webhooks signing, the durable outbox and the retrying dispatcher,
@@ -37,6 +39,7 @@ pub mod ads;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod content;
 pub mod datadir;
 pub mod demo;
 pub mod device;

@@ -98,14 +98,21 @@ impl From<IngestError> for ApiError {
         if let IngestError::Store(s) = e {
             return s.into();
         }
+        use crate::content::ReceiveError as R;
         let (status, code) = match &e {
-            IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            IngestError::LengthMismatch { .. } => (StatusCode::BAD_REQUEST, "length_mismatch"),
-            IngestError::Incomplete { .. } => (StatusCode::BAD_REQUEST, "incomplete"),
+            IngestError::Receive(R::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
+            IngestError::Receive(R::LengthMismatch { .. }) => {
+                (StatusCode::BAD_REQUEST, "length_mismatch")
+            }
+            IngestError::Receive(R::Incomplete { .. }) => (StatusCode::BAD_REQUEST, "incomplete"),
             IngestError::BadParameter(_) => (StatusCode::BAD_REQUEST, "bad_parameter"),
-            IngestError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
-            IngestError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
-            IngestError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            IngestError::Receive(R::DiskFull) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            IngestError::Receive(R::Io(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+            IngestError::Receive(R::WorkerGone) | IngestError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage")
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "upload failed");
@@ -234,7 +241,7 @@ async fn upload(
     let (meta, created) = content::ingest(
         &state.store,
         info,
-        content::UploadLimits {
+        crate::content::UploadLimits {
             max_bytes: state.config.max_upload_bytes,
             keep_free_bytes: state.config.keep_free_bytes,
         },

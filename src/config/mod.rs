@@ -347,7 +347,7 @@ impl Default for AdsConfig {
             callback_concurrency: 16,
             node_name: None,
             callback_ca_certs: Vec::new(),
-            keep_free_bytes: crate::ads::content::DEFAULT_KEEP_FREE_BYTES,
+            keep_free_bytes: crate::content::DEFAULT_KEEP_FREE_BYTES,
             proxy_protocol: false,
             ticket_cache_entries: 1_000_000,
             max_request_head_bytes: 8192,

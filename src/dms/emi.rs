@@ -22,7 +22,7 @@ use super::notify;
 use super::store::{
     now_ms, Device, DeviceFilter, DmsStore, JobFilter, Listed, MechanismChoice, Page,
 };
-use crate::ads::content::{self, IngestError};
+use crate::content::{self, ReceiveError};
 use crate::net::guard::{self, EndpointGuard};
 use crate::syncml::auth::AuthScheme;
 use crate::syncml::Encoding;
@@ -435,9 +435,9 @@ async fn add_component(
         Ok(r) => r,
         Err(e) => {
             let status = match e {
-                IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                IngestError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
-                IngestError::Io(_) | IngestError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ReceiveError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ReceiveError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+                ReceiveError::Io(_) | ReceiveError::WorkerGone => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             };
             return err(status, "upload", e.to_string());
