@@ -482,3 +482,47 @@ async fn every_ads_node_down_falls_back_in_band_or_fails_clearly() {
     );
     assert_eq!(emi_events_for(&dms2, &job).await.len(), 1);
 }
+
+/// Two deliveries of one component queued for a device run one after the other: each writes
+/// the device's Download node with its own URL only once the other is over, so each ticket is
+/// used by its own download (none left unused, no URL found spent and re-minted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deliveries_of_one_component_take_turns() {
+    let (dms, mut nodes) = start_stack(&[("edge-1", 1)], "alternate").await;
+    let ads = nodes.remove(0);
+    catalog(&dms).await;
+    // Both jobs exist before the device's first session.
+    dms.provision("IMEI:5020", "dev-secret", None).await;
+    let first = dms
+        .create_job(json!({"device": "IMEI:5020", "operation": "download", "component": "fw"}))
+        .await;
+    let second = dms
+        .create_job(json!({"device": "IMEI:5020", "operation": "download", "component": "fw"}))
+        .await;
+    let _dev = start_device_trusting(&dms, "IMEI:5020", Default::default(), &[&ads]).await;
+    let mut tickets = Vec::new();
+    for job in [&first, &second] {
+        let j = dms.wait_job(job, 60).await;
+        assert_eq!(j["state"], "succeeded", "{j:#}");
+        assert!(
+            !steps(&j).iter().any(|s| s == "download_retry"),
+            "its URL was never taken by the other job: {j:#}"
+        );
+        let minted = timeline_step(&j, "ticket_minted")["detail"]
+            .as_str()
+            .unwrap();
+        tickets.push(minted.split_whitespace().nth(1).unwrap().to_string());
+    }
+    assert_ne!(tickets[0], tickets[1]);
+    for t in &tickets {
+        state_becomes(&ads, t, "completed").await;
+    }
+    // The second started only after the first was over.
+    let j1 = dms.job(&first).await;
+    let j2 = dms.job(&second).await;
+    let at = |j: &serde_json::Value, step: &str| timeline_step(j, step)["at_ms"].as_u64().unwrap();
+    assert!(
+        at(&j2, "ticket_minted") >= at(&j1, "device_result"),
+        "{j1:#}\n{j2:#}"
+    );
+}

@@ -42,8 +42,19 @@ impl Engine {
         }
         let device_id = s.device.clone();
         let jobs = self.store.run(move |st| st.open_jobs(&device_id)).await?;
+        // Jobs on one component of a device run one at a time, oldest first: they address the
+        // same SCOMO nodes (a second delivery would overwrite the first's Download node and
+        // its URL before the device fetched it).
+        let mut busy = std::collections::HashSet::new();
         for mut job in jobs {
-            if job.stage == Stage::AwaitingResult {
+            let component = job.component.as_ref().map(|_| job.node_id());
+            let waits = component
+                .as_ref()
+                .is_some_and(|c| busy.contains(c) && job.stage == Stage::Queued);
+            if let Some(c) = component {
+                busy.insert(c);
+            }
+            if waits || job.stage == Stage::AwaitingResult {
                 continue;
             }
             if let Next::Send { commands, final_ } = self.drive_job(s, &mut job).await? {
