@@ -71,7 +71,7 @@ impl RequestGuard {
         Some(rx)
     }
 
-    /// The ticket is a shared link (see [`TicketRecord::is_shared`]).
+    /// The ticket is a shared link (see [`super::TicketRecord::is_shared`]).
     pub fn is_shared(&self) -> bool {
         self.ticket.record.is_shared()
     }
