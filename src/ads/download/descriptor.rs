@@ -13,7 +13,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::{plain, refused, token_after, DownloadBody, DownloadPlane, Found};
+use super::{not_allowed, plain, refused, token_after, DownloadBody, DownloadPlane, Found};
 use crate::ads::tickets::{Mechanism, ReportOutcome, ReportRefusal};
 use crate::dlota::{self, Descriptor, Report};
 
@@ -133,23 +133,23 @@ impl DownloadPlane {
         };
         let report = match Report::parse(&body) {
             Ok(r) => r,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
         match self.tickets.report(&ticket, &report, now).await {
             Ok(ReportOutcome::Recorded) => {
                 tracing::info!(ticket = %ticket.record.id.to_hex(), status = report.status, "install-notify report recorded");
-                text(
+                plain(
                     StatusCode::OK,
                     format!("report {} recorded\n", report.status),
                 )
             }
-            Ok(ReportOutcome::Repeated) => text(
+            Ok(ReportOutcome::Repeated) => plain(
                 StatusCode::OK,
                 format!("report {} was already recorded\n", report.status),
             ),
-            Err(e @ ReportRefusal::NotDlota) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
-            Err(e @ ReportRefusal::Conflict(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
-            Err(e @ ReportRefusal::Closed) => text(StatusCode::GONE, format!("{e}\n")),
+            Err(e @ ReportRefusal::NotDlota) => plain(StatusCode::NOT_FOUND, format!("{e}\n")),
+            Err(e @ ReportRefusal::Conflict(_)) => plain(StatusCode::CONFLICT, format!("{e}\n")),
+            Err(e @ ReportRefusal::Closed) => plain(StatusCode::GONE, format!("{e}\n")),
             Err(ReportRefusal::Store(e)) => {
                 tracing::warn!(error = %e, "install-notify report could not be recorded");
                 let mut r = plain(
@@ -162,21 +162,4 @@ impl DownloadPlane {
             }
         }
     }
-}
-
-fn text(status: StatusCode, message: String) -> Response<DownloadBody> {
-    let mut resp = Response::new(DownloadBody::text(message));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-fn not_allowed(allow: &'static str, message: &'static str) -> Response<DownloadBody> {
-    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, message);
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
 }

@@ -103,8 +103,9 @@ impl Route {
     }
 }
 
-fn plain(status: StatusCode, message: &'static str) -> Response<DownloadBody> {
-    let mut resp = Response::new(DownloadBody::text(Bytes::from_static(message.as_bytes())));
+/// A plain-text answer (a refusal, or a short report reply).
+fn plain(status: StatusCode, message: impl Into<Bytes>) -> Response<DownloadBody> {
+    let mut resp = Response::new(DownloadBody::text(message));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -121,13 +122,28 @@ impl DownloadPlane {
         wire: Option<Arc<Wire>>,
     ) -> Result<Response<DownloadBody>, Infallible> {
         let route = Route::of(req.uri().path());
-        let method = req.method().clone();
-        let range = req.headers().get(header::RANGE).cloned();
-        let mut resp = match route {
+        let resp = match route {
             Route::Object => self.respond(&req, wire).await,
             Route::Descriptor => self.descriptor(&req).await,
-            Route::InstallNotify => self.install_notify(req).await,
+            Route::InstallNotify => {
+                // The one route that reads (and so consumes) its request's body.
+                let method = req.method().clone();
+                let resp = self.install_notify(req).await;
+                return Ok(self.finish(resp, route, &method, None));
+            }
         };
+        Ok(self.finish(resp, route, req.method(), req.headers().get(header::RANGE)))
+    }
+
+    /// What every answer gets on its way out: no body for HEAD, its status counted, and the
+    /// access log line when enabled.
+    fn finish(
+        &self,
+        mut resp: Response<DownloadBody>,
+        route: Route,
+        method: &Method,
+        range: Option<&HeaderValue>,
+    ) -> Response<DownloadBody> {
         if method == Method::HEAD {
             // A refusal's text is for GET: HTTP/2 does not strip a HEAD response's body the
             // way HTTP/1.1 does, and a client sees DATA on a HEAD as a protocol error.
@@ -145,7 +161,7 @@ impl DownloadPlane {
                 "download"
             );
         }
-        Ok(resp)
+        resp
     }
 
     async fn respond<B>(
@@ -157,13 +173,10 @@ impl DownloadPlane {
             Method::GET => false,
             Method::HEAD => true,
             _ => {
-                let mut r = plain(
-                    StatusCode::METHOD_NOT_ALLOWED,
+                return not_allowed(
+                    "GET, HEAD",
                     "only GET and HEAD are allowed on download URLs\n",
-                );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return r;
+                )
             }
         };
         let Some(token) = token_from_path(req.uri().path()) else {
@@ -402,17 +415,17 @@ struct Found {
     now: u64,
 }
 
+/// 405 with the methods the route takes.
+fn not_allowed(allow: &'static str, message: &'static str) -> Response<DownloadBody> {
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, message);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
 fn refused(r: Refusal) -> Response<DownloadBody> {
     match r {
-        Refusal::Gone(why) => {
-            let mut resp = Response::new(DownloadBody::text(format!("{why}\n")));
-            *resp.status_mut() = StatusCode::GONE;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            resp
-        }
+        Refusal::Gone(why) => plain(StatusCode::GONE, format!("{why}\n")),
         Refusal::TooManyConnections => {
             let mut resp = plain(
                 StatusCode::TOO_MANY_REQUESTS,
