@@ -156,18 +156,34 @@ async fn a_dlota_ticket_serves_a_dd_1_0_descriptor_naming_its_one_time_object_ur
     assert_eq!(r.status(), 400);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_report_posted_twice_becomes_one_signed_callback() {
+/// A node, a callback receiver, and a DLOTA ticket for a `size`-byte component calling back
+/// to it (with `extra` mint options).
+async fn dlota_ticket(
+    size: usize,
+    seed: u64,
+    extra: serde_json::Value,
+) -> (
+    Node,
+    Receiver,
+    scomo_ads::ads::tickets::Minted,
+    reqwest::Client,
+) {
     let node = fast_node().await;
     let rx = Receiver::start().await;
-    let meta = node.publish(pattern(100_000, 12), "fw", "1").await;
-    let m = node
-        .mint_with(
-            json!({"component": meta.id, "ttl_secs": 60, "mechanism": "dlota",
-                          "callback_url": rx.url, "context": {"job": "job-7"}}),
-        )
-        .await;
+    let meta = node.publish(pattern(size, seed), "fw", "1").await;
+    let mut body = json!({"component": meta.id, "ttl_secs": 60, "mechanism": "dlota",
+                          "callback_url": rx.url});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let m = node.mint_with(body).await;
     let c = client(&node.cert());
+    (node, rx, m, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_posted_twice_becomes_one_signed_callback() {
+    let (node, rx, m, c) = dlota_ticket(100_000, 12, json!({"context": {"job": "job-7"}})).await;
     let xml = c.get(&m.url).send().await.unwrap().text().await.unwrap();
     let dd = Descriptor::parse(xml.as_bytes()).unwrap();
     c.get(&dd.object_uri)
@@ -225,16 +241,7 @@ async fn a_report_posted_twice_becomes_one_signed_callback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_claimed_before_delivery_is_recorded_as_a_claim() {
-    let node = fast_node().await;
-    let rx = Receiver::start().await;
-    let meta = node.publish(pattern(50_000, 13), "fw", "1").await;
-    let m = node
-        .mint_with(
-            json!({"component": meta.id, "ttl_secs": 60, "mechanism": "dlota",
-                          "callback_url": rx.url}),
-        )
-        .await;
-    let c = client(&node.cert());
+    let (node, rx, m, c) = dlota_ticket(50_000, 13, json!({})).await;
     let notify = m.url.replace("/dd/", "/dn/");
     let r = c.post(&notify).body("900 Success").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -250,16 +257,7 @@ async fn a_success_claimed_before_delivery_is_recorded_as_a_claim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_notify_refuses_forged_tokens_and_bad_reports() {
-    let node = fast_node().await;
-    let rx = Receiver::start().await;
-    let meta = node.publish(pattern(10_000, 14), "fw", "1").await;
-    let m = node
-        .mint_with(
-            json!({"component": meta.id, "ttl_secs": 60, "mechanism": "dlota",
-                          "callback_url": rx.url}),
-        )
-        .await;
-    let c = client(&node.cert());
+    let (node, rx, m, c) = dlota_ticket(10_000, 14, json!({})).await;
     let notify = m.url.replace("/dd/", "/dn/");
     // A forged token: one character of the MAC changed.
     let mut forged = notify.clone();
@@ -283,9 +281,13 @@ async fn install_notify_refuses_forged_tokens_and_bad_reports() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let comp = node.ticket(&m.id).await["component"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The report URL of a plain ticket is not one.
     let plain = node
-        .mint_with(json!({"component": meta.id, "ttl_secs": 60}))
+        .mint_with(json!({"component": comp, "ttl_secs": 60}))
         .await;
     let r = c
         .post(plain.url.replace("/d/", "/dn/"))

@@ -10,8 +10,7 @@ use super::{Engine, EngineError};
 use crate::dms::ads_client::Mechanism;
 use crate::dms::catalog::Build;
 use crate::dms::job::{node_id, Job, JobOp, NodeWrite, Stage, Step, TicketRef, TimelineEntry};
-use crate::dms::store::now_ms;
-use crate::dms::store::{Device, MechanismChoice};
+use crate::dms::store::{now_ms, Device, MechanismChoice};
 use crate::scomo::{self, Operation};
 pub use crate::webhook::event::DownloadEvent as AdsEvent;
 use crate::webhook::event::DownloadEventKind;
@@ -27,8 +26,7 @@ impl Engine {
         build: &Build,
     ) -> Result<bool, EngineError> {
         let path = self.store.build_path(&build.id);
-        let device_id = s.device.clone();
-        let device = self.store.run(move |st| st.device(&device_id)).await?;
+        let device = self.device(&s.device).await?;
         let (mechanism, why) = choose_mechanism(device.as_ref(), &self.cfg.dlota_devices);
         for _ in 0..self.ads.nodes.len() {
             let Some(node) = self.ads.pick() else {
